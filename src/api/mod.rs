@@ -1,0 +1,318 @@
+//! The management API under `/api`: JSON in and out, bearer token required except for the
+//! banner and health. Every input is validated before anything is created.
+
+mod view;
+
+use crate::http::response::{error, json};
+use crate::http::router::Route;
+use crate::http::{events, Body};
+use crate::instance::{AccessToken, CreateRequest, InstanceId, InstanceRecord, State, UserId};
+use crate::lifecycle::StartError;
+use crate::registry::{now_ms, Instance};
+use crate::state::Shared;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+pub async fn handle(
+    sh: &Arc<Shared>,
+    route: Route<'_>,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<Body> {
+    match route {
+        Route::Banner => {
+            return json(
+                StatusCode::OK,
+                &json!({ "message": "VS Code Server On-Demand API", "service": "vscode-on-demand", "version": env!("CARGO_PKG_VERSION") }),
+            )
+        }
+        Route::Health => return json(StatusCode::OK, &json!({ "status": "healthy" })),
+        _ => {}
+    }
+    if let Err(r) = authorize(sh, &req, peer) {
+        return r;
+    }
+    match route {
+        Route::ListInstances => list(sh, &req),
+        Route::CreateInstance => create(sh, req).await,
+        Route::GetInstance(id) => with_instance(sh, id, |i| {
+            json(StatusCode::OK, &view::instance(&sh.public_url, i))
+        }),
+        Route::DeleteInstance(id) => delete(sh, id).await,
+        Route::StartInstance(id) => start(sh, id).await,
+        Route::StopInstance(id) => stop(sh, id).await,
+        Route::InstanceEvents(id) => match lookup(sh, id) {
+            Ok(inst) => events::stream(inst, sh.lifecycle.start_timeout * 2),
+            Err(r) => r,
+        },
+        Route::Status => status(sh, &req),
+        Route::Workspace(user) => workspace(sh, user).await,
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such API route"),
+    }
+}
+
+/// Checks `Authorization: Bearer <admin token>` in constant time; repeated failures from one
+/// address are answered 429.
+fn authorize(sh: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Result<(), Response<Body>> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if presented.is_some_and(|t| sh.admin_token.matches(t.as_bytes())) {
+        return Ok(());
+    }
+    if !sh.auth_failure_allowed(peer) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed token checks; wait a minute",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return Err(r);
+    }
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        if presented.is_some() {
+            "the API token is wrong"
+        } else {
+            "send the API token as `Authorization: Bearer <token>` (the server printed it at start; it is in <data-dir>/admin-token)"
+        },
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(r)
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+}
+
+fn lookup(sh: &Shared, id: &str) -> Result<Arc<Instance>, Response<Body>> {
+    let id = InstanceId::parse(id)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_instance_id", e.message))?;
+    sh.lifecycle.registry.get(&id).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {id} not found"),
+        )
+    })
+}
+
+fn with_instance(
+    sh: &Shared,
+    id: &str,
+    f: impl FnOnce(&Arc<Instance>) -> Response<Body>,
+) -> Response<Body> {
+    match lookup(sh, id) {
+        Ok(i) => f(&i),
+        Err(r) => r,
+    }
+}
+
+fn list(sh: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let all = match query_param(req, "user_id") {
+        Some(u) => match UserId::parse(u) {
+            Ok(u) => sh.lifecycle.registry.of_user(&u),
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_user_id", e.message),
+        },
+        None => sh.lifecycle.registry.all(),
+    };
+    let items: Vec<_> = all
+        .iter()
+        .map(|i| view::instance(&sh.public_url, i))
+        .collect();
+    json(StatusCode::OK, &json!({ "instances": items }))
+}
+
+fn status(sh: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let Some(id) = query_param(req, "instance_id") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing_instance_id",
+            "pass ?instance_id=<id>",
+        );
+    };
+    with_instance(sh, id, |i| {
+        json(
+            StatusCode::OK,
+            &json!({ "instance_id": i.id.as_str(), "status": i.state().as_str() }),
+        )
+    })
+}
+
+async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("application/json"));
+    if !is_json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json",
+        );
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body must be under {MAX_BODY} bytes"),
+            )
+        }
+    };
+    let create: CreateRequest = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not a valid create request: {e}"),
+            )
+        }
+    };
+    let (user, spec) = match create.validate(&sh.defaults) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid_{}", e.field),
+                e.message,
+            )
+        }
+    };
+    let registry = &sh.lifecycle.registry;
+    let id = loop {
+        let id = InstanceId::generate(&user);
+        if registry.get(&id).is_none() {
+            break id;
+        }
+    };
+    let now = now_ms();
+    let rec = InstanceRecord {
+        instance_id: id,
+        user_id: user,
+        spec,
+        access_token: AccessToken::generate(),
+        created_at: now / 1000,
+        last_activity_ms: now,
+        stop_reason: None,
+    };
+    if let Err(e) = sh.lifecycle.orchestrator.create(&rec).await {
+        tracing::error!(error = %e, "creating an instance failed");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "create_failed", e);
+    }
+    let token = rec.access_token.clone();
+    let inst = Arc::new(Instance::from_record(rec, State::Stopped));
+    registry.insert(inst.clone());
+    tracing::info!(instance = %inst.id, user = %inst.user, "created");
+    let mut body = view::instance(&sh.public_url, &inst);
+    body["access_token"] = json!(token.expose());
+    body["url"] = json!(format!(
+        "{}?tkn={}",
+        view::instance_url(&sh.public_url, &inst),
+        token.expose()
+    ));
+    json(StatusCode::CREATED, &body)
+}
+
+async fn delete(sh: &Arc<Shared>, id: &str) -> Response<Body> {
+    let inst = match lookup(sh, id) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    // Out of the table first, so no visit can start it while its files go away.
+    sh.lifecycle.registry.remove(&inst.id);
+    sh.lifecycle.stop(&inst, "deleted").await;
+    if let Err(e) = sh.lifecycle.orchestrator.delete(&inst.id).await {
+        tracing::error!(instance = %inst.id, error = %e, "delete failed");
+        sh.lifecycle.registry.insert(inst);
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "delete_failed", e);
+    }
+    // Wakes anyone still waiting on this instance.
+    inst.update(|s| {
+        s.state = State::Stopped;
+        s.stop_reason = Some("deleted".into());
+        true
+    });
+    tracing::info!(instance = %inst.id, "deleted");
+    json(
+        StatusCode::OK,
+        &json!({ "instance_id": inst.id.as_str(), "status": "Deleted" }),
+    )
+}
+
+async fn start(sh: &Arc<Shared>, id: &str) -> Response<Body> {
+    let inst = match lookup(sh, id) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    match sh.lifecycle.ensure_running(&inst).await {
+        Ok(_) => json(StatusCode::OK, &view::instance(&sh.public_url, &inst)),
+        Err(e @ StartError::Failed(_)) => error(StatusCode::BAD_GATEWAY, "start_failed", e),
+        Err(e) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+    }
+}
+
+async fn stop(sh: &Arc<Shared>, id: &str) -> Response<Body> {
+    let inst = match lookup(sh, id) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    sh.lifecycle.stop(&inst, "api").await;
+    json(StatusCode::OK, &view::instance(&sh.public_url, &inst))
+}
+
+async fn workspace(sh: &Arc<Shared>, user: &str) -> Response<Body> {
+    let user = match UserId::parse(user) {
+        Ok(u) => u,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_user_id", e.message),
+    };
+    let info = match sh.lifecycle.orchestrator.workspace(&user).await {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "workspace_failed", e),
+    };
+    let instances = sh.lifecycle.registry.of_user(&user);
+    let active = instances
+        .iter()
+        .filter(|i| i.state() == State::Running)
+        .count();
+    let storage = instances
+        .first()
+        .map(|i| i.spec.storage_size.clone())
+        .unwrap_or_else(|| sh.defaults.storage_size.clone());
+    json(
+        StatusCode::OK,
+        &json!({
+            "user_id": user.as_str(),
+            "workspace_exists": info.exists,
+            "storage_size": storage,
+            "status": if info.exists { "Bound" } else { "NotFound" },
+            "creation_time": info.created_at.map(view::rfc3339_secs),
+            "active_instances": active,
+            "instances": instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        }),
+    )
+}

@@ -1,0 +1,265 @@
+//! Command line and environment → typed configuration. Parsing binds nothing and reads no
+//! files; tests build these structs from argument vectors.
+
+use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vscode-on-demand",
+    version,
+    about = "VS Code in the browser, on demand"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: TLS listener, management API and instance proxy.
+    Serve(Box<ServeConfig>),
+    /// Create an instance for a user.
+    Create(CreateArgs),
+    /// List instances, optionally of one user.
+    List {
+        #[arg(long)]
+        user_id: Option<String>,
+        #[command(flatten)]
+        client: ClientConfig,
+    },
+    /// Show one instance.
+    Get(InstanceArgs),
+    /// Delete an instance (the user's workspace stays).
+    Delete(InstanceArgs),
+    /// Show an instance's status.
+    Status(InstanceArgs),
+    /// Start an instance and wait until it is running.
+    Start(InstanceArgs),
+    /// Stop an instance (scale to zero); its files stay.
+    Stop(InstanceArgs),
+    /// Show a user's workspace.
+    Workspace {
+        #[arg(long)]
+        user_id: String,
+        #[command(flatten)]
+        client: ClientConfig,
+    },
+    /// Generate a CA and server certificate into a directory (kept if already there).
+    Cert {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Host names and addresses the certificate is valid for.
+        #[arg(long = "host", default_values_t = default_hosts())]
+        hosts: Vec<String>,
+    },
+}
+
+pub fn default_hosts() -> Vec<String> {
+    ["localhost", "vscode.local", "127.0.0.1", "::1"]
+        .map(String::from)
+        .to_vec()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Instances are child processes on this machine.
+    Local,
+    /// Instances are Kubernetes Deployments.
+    Kube,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))
+}
+
+/// The default data directory: `$XDG_DATA_HOME/vscode-on-demand`, else
+/// `~/.local/share/vscode-on-demand`.
+pub fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("vscode-on-demand")
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (HTTPS).
+    #[arg(long, env = "VOD_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Public base URL of this server, used in instance URLs and to check WebSocket origins
+    /// [default: https://localhost:<listen port>].
+    #[arg(long, env = "VOD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Directory for instance metadata, workspaces, the admin token and caches
+    /// [default: $XDG_DATA_HOME/vscode-on-demand or ~/.local/share/vscode-on-demand].
+    #[arg(long, env = "VOD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where instances run.
+    #[arg(long, env = "VOD_BACKEND", value_enum, default_value = "local")]
+    pub backend: Backend,
+    /// Stop an instance after this long without activity (per-instance `idle_timeout`
+    /// overrides it).
+    #[arg(long, env = "VOD_IDLE_TIMEOUT", value_parser = duration, default_value = "30m")]
+    pub idle_timeout: Duration,
+    /// Largest per-instance idle timeout a client may ask for.
+    #[arg(long, env = "VOD_MAX_IDLE_TIMEOUT", value_parser = duration, default_value = "24h")]
+    pub max_idle_timeout: Duration,
+    /// How long a start may take before it fails (held requests then get 503).
+    #[arg(long, env = "VOD_START_TIMEOUT", value_parser = duration, default_value = "120s")]
+    pub start_timeout: Duration,
+    /// How often idle instances are looked for.
+    #[arg(long, env = "VOD_REAP_INTERVAL", value_parser = duration, default_value = "30s")]
+    pub reap_interval: Duration,
+    /// Directory holding server.crt/server.key (and ca.crt/ca.key); generated when missing
+    /// [default: <data-dir>/certs].
+    #[arg(long, env = "VOD_CERT_DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Admin API token [default: generated once into <data-dir>/admin-token].
+    #[arg(long, env = "VOD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// What the local backend runs as an instance.
+    #[arg(long, env = "VOD_RUNTIME", value_enum, default_value = "auto")]
+    pub runtime: RuntimeKind,
+    /// code-server executable [default: found on PATH].
+    #[arg(long, env = "VOD_CODE_SERVER")]
+    pub code_server: Option<PathBuf>,
+    /// VS Code CLI (`code`) executable for `serve-web` [default: found on PATH, else
+    /// downloaded per version into <data-dir>/cache].
+    #[arg(long, env = "VOD_CODE_CLI")]
+    pub code_cli: Option<PathBuf>,
+    /// Command template for `--runtime command`, split on spaces; placeholders {port},
+    /// {base_path}, {workspace}, {config_dir}, {instance_id}, {user_id}. Without {base_path}
+    /// the `/instances/<id>` prefix is removed from proxied paths.
+    #[arg(long, env = "VOD_COMMAND")]
+    pub command: Option<String>,
+    /// Where the VS Code CLI is downloaded from.
+    #[arg(
+        long,
+        env = "VOD_VSCODE_DOWNLOAD_URL",
+        default_value = "https://update.code.visualstudio.com"
+    )]
+    pub vscode_download_url: String,
+    /// Most simultaneous client connections.
+    #[arg(long, env = "VOD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Failed token checks allowed per client address per minute before 429.
+    #[arg(long, env = "VOD_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
+    pub auth_failures_per_minute: u32,
+    /// How long shutdown waits for open connections to finish.
+    #[arg(long, env = "VOD_DRAIN_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub drain_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// Builds a config from arguments (as after `serve`), the way tests do.
+    pub fn from_args<I, S>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("serve"))
+            .chain(args.into_iter().map(Into::into));
+        Wrap::try_parse_from(argv).map(|w| w.serve)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    pub fn cert_dir(&self) -> PathBuf {
+        self.cert_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("certs"))
+    }
+
+    pub fn runtime(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            kind: self.runtime,
+            code_server: self.code_server.clone(),
+            code_cli: self.code_cli.clone(),
+            command: self.command.clone(),
+            download_url: self.vscode_download_url.clone(),
+        }
+    }
+}
+
+/// How a client subcommand reaches the server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientConfig {
+    /// Base URL of the server [default: the local server recorded in the data directory, else
+    /// https://localhost:8443].
+    #[arg(long, env = "VOD_API_URL", global = true)]
+    pub api_url: Option<String>,
+    /// API token [default: <data-dir>/admin-token].
+    #[arg(long, env = "VOD_API_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// CA certificate to trust [default: the local server's CA, else the system's roots].
+    #[arg(long, env = "VOD_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Data directory of a local server, to find its URL, CA and token.
+    #[arg(long, env = "VOD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print the server's JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceArgs {
+    #[arg(long)]
+    pub instance_id: String,
+    #[command(flatten)]
+    pub client: ClientConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    pub user_id: String,
+    /// Base image (Kubernetes backend), e.g. mcr.microsoft.com/devcontainers/python:1-3.12.
+    #[arg(long)]
+    pub base_image: Option<String>,
+    #[arg(long)]
+    pub vscode_version: Option<String>,
+    /// Workspace storage size, e.g. 5Gi.
+    #[arg(long = "storage")]
+    pub storage_size: Option<String>,
+    #[arg(long)]
+    pub memory_request: Option<String>,
+    #[arg(long)]
+    pub memory_limit: Option<String>,
+    #[arg(long)]
+    pub cpu_request: Option<String>,
+    #[arg(long)]
+    pub cpu_limit: Option<String>,
+    /// Seconds without activity before the instance is stopped.
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c =
+            ServeConfig::from_args(["--listen", "127.0.0.1:0", "--idle-timeout", "20s"]).unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(20));
+        assert_eq!(c.start_timeout, Duration::from_secs(120));
+        assert_eq!(c.backend, Backend::Local);
+        assert!(ServeConfig::from_args(["--idle-timeout", "soon"]).is_err());
+    }
+}

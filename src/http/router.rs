@@ -1,0 +1,187 @@
+//! The router: method and raw path → [`Route`]. Pure, so every path rule is unit-tested.
+//!
+//! Instance paths are checked strictly: a path that could mean anything other than exactly one
+//! instance (encoded slashes or dots, dot segments, backslashes, characters an id cannot have)
+//! is refused before any lookup.
+
+use http::Method;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    Root,
+    Banner,
+    Health,
+    ListInstances,
+    CreateInstance,
+    GetInstance(&'a str),
+    DeleteInstance(&'a str),
+    StartInstance(&'a str),
+    StopInstance(&'a str),
+    InstanceEvents(&'a str),
+    Status,
+    Workspace(&'a str),
+    /// `/instances/<id>` without the trailing slash: redirected.
+    InstanceBare(&'a str),
+    /// `/instances/<id>/<rest>`; `rest` starts with '/'.
+    Instance {
+        id: &'a str,
+        rest: &'a str,
+    },
+    BadPath(&'static str),
+    MethodNotAllowed(&'static str),
+    NotFound,
+}
+
+fn valid_id_chars(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// Rejects what could make the path mean something else upstream than it does here.
+fn ambiguous(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return Some("encoded slashes are not allowed in instance paths");
+    }
+    if lower.contains("%2e") {
+        return Some("encoded dots are not allowed in instance paths");
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Some("dot segments are not allowed in instance paths");
+    }
+    None
+}
+
+pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
+    if let Some(after) = path.strip_prefix("/instances/") {
+        let (id, rest) = match after.find('/') {
+            Some(i) => (&after[..i], &after[i..]),
+            None => (after, ""),
+        };
+        if !valid_id_chars(id) {
+            return Route::BadPath(
+                "the instance id in the path must be lowercase letters, digits and '-'",
+            );
+        }
+        if let Some(why) = ambiguous(path) {
+            return Route::BadPath(why);
+        }
+        return if rest.is_empty() {
+            Route::InstanceBare(id)
+        } else {
+            Route::Instance { id, rest }
+        };
+    }
+    if path == "/" {
+        return Route::Root;
+    }
+    let Some(api) = path.strip_prefix("/api") else {
+        return Route::NotFound;
+    };
+    let segs: Vec<&str> = api.trim_start_matches('/').split('/').collect();
+    let get = method == Method::GET;
+    let post = method == Method::POST;
+    match segs.as_slice() {
+        [""] => only(get, "GET", Route::Banner),
+        ["health"] => only(get, "GET", Route::Health),
+        ["instances"] | ["instances", ""] => {
+            if get {
+                Route::ListInstances
+            } else if post {
+                Route::CreateInstance
+            } else {
+                Route::MethodNotAllowed("GET, POST")
+            }
+        }
+        ["instances", id] => {
+            if get {
+                Route::GetInstance(id)
+            } else if method == Method::DELETE {
+                Route::DeleteInstance(id)
+            } else {
+                Route::MethodNotAllowed("GET, DELETE")
+            }
+        }
+        ["instances", id, "start"] => only(post, "POST", Route::StartInstance(id)),
+        ["instances", id, "stop"] => only(post, "POST", Route::StopInstance(id)),
+        ["instances", id, "events"] => only(get, "GET", Route::InstanceEvents(id)),
+        ["status"] => only(get, "GET", Route::Status),
+        ["workspaces", user] => only(get, "GET", Route::Workspace(user)),
+        _ => Route::NotFound,
+    }
+}
+
+fn only<'a>(ok: bool, allowed: &'static str, r: Route<'a>) -> Route<'a> {
+    if ok {
+        r
+    } else {
+        Route::MethodNotAllowed(allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_routes() {
+        let g = Method::GET;
+        assert_eq!(route(&g, "/api/"), Route::Banner);
+        assert_eq!(route(&g, "/api"), Route::Banner);
+        assert_eq!(route(&g, "/api/health"), Route::Health);
+        assert_eq!(route(&g, "/api/instances"), Route::ListInstances);
+        assert_eq!(
+            route(&Method::POST, "/api/instances"),
+            Route::CreateInstance
+        );
+        assert_eq!(route(&g, "/api/instances/u-1"), Route::GetInstance("u-1"));
+        assert_eq!(
+            route(&Method::DELETE, "/api/instances/u-1"),
+            Route::DeleteInstance("u-1")
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/instances/u-1/stop"),
+            Route::StopInstance("u-1")
+        );
+        assert_eq!(
+            route(&g, "/api/instances/u-1/stop"),
+            Route::MethodNotAllowed("POST")
+        );
+        assert_eq!(route(&g, "/api/workspaces/bob"), Route::Workspace("bob"));
+        assert_eq!(route(&g, "/api/nope"), Route::NotFound);
+        assert_eq!(route(&g, "/other"), Route::NotFound);
+    }
+
+    #[test]
+    fn instance_paths() {
+        let g = Method::GET;
+        assert_eq!(
+            route(&g, "/instances/u-0000000a"),
+            Route::InstanceBare("u-0000000a")
+        );
+        assert_eq!(
+            route(&g, "/instances/u-0000000a/static/x.js"),
+            Route::Instance {
+                id: "u-0000000a",
+                rest: "/static/x.js"
+            }
+        );
+        for bad in [
+            "/instances/U-0000000a/",
+            "/instances/u%2D0000000a/",
+            "/instances/u-0000000a/..",
+            "/instances/u-0000000a/a/../../v-00000000/",
+            "/instances/u-0000000a/%2e%2e/x",
+            "/instances/u-0000000a/a%2Fb",
+            "/instances/u-0000000a/a%5cb",
+            "/instances/u-0000000a/./x",
+            "/instances/u_1/",
+            "/instances//",
+        ] {
+            assert!(matches!(route(&g, bad), Route::BadPath(_)), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The domain: who owns an instance, what it runs, what state it is in.
+//!
+//! Everything a client sends is parsed into these types at the edge, so the layers below never
+//! see an unchecked id, quantity or image reference. No HTTP, no Kubernetes, no processes here.
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest `user_id` accepted: leaves room for `-<8 hex>` and resource-name suffixes inside
+/// Kubernetes' 63-character label limit.
+pub const MAX_USER_ID_LEN: usize = 40;
+
+/// Why a value from a client was refused; the message says what to send instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A user's name: a DNS-1123 label of at most [`MAX_USER_ID_LEN`] characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if s.len() > MAX_USER_ID_LEN || !is_dns_label(s) {
+            return Err(invalid(
+                "user_id",
+                format!(
+                    "{s:?} is not a valid user id: use 1-{MAX_USER_ID_LEN} lowercase letters, \
+                     digits or '-', starting and ending with a letter or digit"
+                ),
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        Self::parse(&s)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(u: UserId) -> String {
+        u.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An instance's id: `<user_id>-<8 lowercase hex>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// A fresh id for `user`, with 32 random bits to tell the user's instances apart.
+    pub fn generate(user: &UserId) -> Self {
+        let n = rand::rng().next_u32();
+        Self(format!("{user}-{n:08x}"))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let bad = || {
+            invalid(
+                "instance_id",
+                format!("{s:?} is not an instance id (expected <user_id>-<8 hex digits>)"),
+            )
+        };
+        let (user, suffix) = s.rsplit_once('-').ok_or_else(bad)?;
+        let hex_ok = suffix.len() == 8
+            && suffix
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+        if !hex_ok || UserId::parse(user).is_err() {
+            return Err(bad());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn user(&self) -> UserId {
+        // parse() proved that a valid user id precedes the last '-'.
+        let (user, _) = self.0.rsplit_once('-').unwrap_or((&self.0, ""));
+        UserId(user.to_owned())
+    }
+}
+
+impl TryFrom<String> for InstanceId {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        Self::parse(&s)
+    }
+}
+
+impl From<InstanceId> for String {
+    fn from(i: InstanceId) -> String {
+        i.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Kubernetes-style quantity, in base units (bytes or cores).
+fn parse_quantity(s: &str) -> Option<f64> {
+    const SUFFIXES: &[(&str, f64)] = &[
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("Pi", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+    ];
+    let (num, mult) = SUFFIXES
+        .iter()
+        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+        .unwrap_or((s, 1.0));
+    let digits_ok = !num.is_empty()
+        && num.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+        && num.bytes().filter(|c| *c == b'.').count() <= 1
+        && !num.starts_with('.')
+        && !num.ends_with('.');
+    if !digits_ok || s.len() > 20 {
+        return None;
+    }
+    num.parse::<f64>().ok().map(|n| n * mult)
+}
+
+/// A validated memory or storage quantity such as `2Gi` or `512Mi`.
+fn memory(field: &'static str, s: &str) -> Result<f64, Invalid> {
+    match parse_quantity(s) {
+        Some(v) if v >= 1.0 && !s.ends_with('m') => Ok(v),
+        _ => Err(invalid(
+            field,
+            format!("{s:?} is not a memory quantity: use a number with Ki, Mi, Gi or Ti, e.g. 2Gi"),
+        )),
+    }
+}
+
+/// A validated CPU quantity such as `500m` or `2`.
+fn cpu(field: &'static str, s: &str) -> Result<f64, Invalid> {
+    let suffix_ok = s.ends_with('m') || s.bytes().all(|c| c.is_ascii_digit() || c == b'.');
+    match parse_quantity(s) {
+        Some(v) if v >= 0.001 && suffix_ok => Ok(v),
+        _ => Err(invalid(
+            field,
+            format!("{s:?} is not a CPU quantity: use cores (1, 0.5) or millicores (500m)"),
+        )),
+    }
+}
+
+/// Checks an OCI image reference: `[registry[:port]/]path[:tag][@sha256:<64 hex>]`.
+fn image_ref(s: &str) -> Result<(), Invalid> {
+    let bad = |why: &str| {
+        invalid(
+            "base_image",
+            format!("{s:?} is not an image reference ({why}); e.g. ubuntu:24.04 or mcr.microsoft.com/devcontainers/python:1-3.12"),
+        )
+    };
+    if s.is_empty() || s.len() > 255 {
+        return Err(bad("length must be 1-255"));
+    }
+    let (name_tag, digest) = match s.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        });
+        if !ok {
+            return Err(bad("digest must be sha256:<64 hex>"));
+        }
+    }
+    // A ':' after the last '/' starts the tag; one before it belongs to a registry port.
+    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_tag[last_slash..].find(':') {
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
+        None => (name_tag, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && !t.starts_with(['.', '-'])
+            && t.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        if !ok {
+            return Err(bad("bad tag"));
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+        let reg = parts.remove(0);
+        let (host, port) = reg.split_once(':').unwrap_or((reg, "0"));
+        let host_ok = !host.is_empty()
+            && host.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            });
+        if !host_ok || port.parse::<u16>().is_err() {
+            return Err(bad("bad registry host"));
+        }
+    }
+    let component_ok = |c: &str| {
+        let b = c.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+            })
+    };
+    if parts.is_empty() || !parts.iter().all(|p| component_ok(p)) {
+        return Err(bad(
+            "repository path must be lowercase letters, digits, '.', '_' or '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// `latest` or a release number such as `1.97.2`.
+fn vscode_version(s: &str) -> Result<(), Invalid> {
+    let parts: Vec<&str> = s.split('.').collect();
+    let numeric = (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    if s == "latest" || numeric {
+        Ok(())
+    } else {
+        Err(invalid(
+            "vscode_version",
+            format!("{s:?} is not a VS Code version: use \"latest\" or a release like 1.97.2"),
+        ))
+    }
+}
+
+/// What a client asks for when creating an instance. Fields left out take server defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub user_id: String,
+    pub base_image: Option<String>,
+    pub vscode_version: Option<String>,
+    pub storage_size: Option<String>,
+    pub memory_request: Option<String>,
+    pub memory_limit: Option<String>,
+    pub cpu_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    /// Seconds without activity before the instance is stopped.
+    pub idle_timeout: Option<u64>,
+}
+
+/// The validated, complete description of what an instance runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub base_image: String,
+    pub vscode_version: String,
+    pub storage_size: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub idle_timeout_secs: u64,
+}
+
+/// Server-side defaults and bounds applied to every [`CreateRequest`].
+#[derive(Debug, Clone)]
+pub struct SpecDefaults {
+    pub base_image: String,
+    pub vscode_version: String,
+    pub storage_size: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub idle_timeout_secs: u64,
+    pub max_idle_timeout_secs: u64,
+}
+
+impl Default for SpecDefaults {
+    fn default() -> Self {
+        Self {
+            base_image: "ubuntu:24.04".into(),
+            vscode_version: "latest".into(),
+            storage_size: "5Gi".into(),
+            memory_request: "512Mi".into(),
+            memory_limit: "2Gi".into(),
+            cpu_request: "250m".into(),
+            cpu_limit: "1000m".into(),
+            idle_timeout_secs: 30 * 60,
+            max_idle_timeout_secs: 24 * 3600,
+        }
+    }
+}
+
+impl CreateRequest {
+    /// Checks every field and fills in defaults; refuses before anything is created.
+    pub fn validate(self, d: &SpecDefaults) -> Result<(UserId, InstanceSpec), Invalid> {
+        let user = UserId::parse(&self.user_id)?;
+        let pick = |v: Option<String>, def: &str| v.unwrap_or_else(|| def.to_owned());
+        let spec = InstanceSpec {
+            base_image: pick(self.base_image, &d.base_image),
+            vscode_version: pick(self.vscode_version, &d.vscode_version),
+            storage_size: pick(self.storage_size, &d.storage_size),
+            memory_request: pick(self.memory_request, &d.memory_request),
+            memory_limit: pick(self.memory_limit, &d.memory_limit),
+            cpu_request: pick(self.cpu_request, &d.cpu_request),
+            cpu_limit: pick(self.cpu_limit, &d.cpu_limit),
+            idle_timeout_secs: self.idle_timeout.unwrap_or(d.idle_timeout_secs),
+        };
+        image_ref(&spec.base_image)?;
+        vscode_version(&spec.vscode_version)?;
+        memory("storage_size", &spec.storage_size)?;
+        let mem_req = memory("memory_request", &spec.memory_request)?;
+        let mem_lim = memory("memory_limit", &spec.memory_limit)?;
+        let cpu_req = cpu("cpu_request", &spec.cpu_request)?;
+        let cpu_lim = cpu("cpu_limit", &spec.cpu_limit)?;
+        if mem_req > mem_lim {
+            return Err(invalid(
+                "memory_request",
+                format!(
+                    "memory_request {} is more than memory_limit {}: lower the request or raise the limit",
+                    spec.memory_request, spec.memory_limit
+                ),
+            ));
+        }
+        if cpu_req > cpu_lim {
+            return Err(invalid(
+                "cpu_request",
+                format!(
+                    "cpu_request {} is more than cpu_limit {}: lower the request or raise the limit",
+                    spec.cpu_request, spec.cpu_limit
+                ),
+            ));
+        }
+        if spec.idle_timeout_secs < 10 || spec.idle_timeout_secs > d.max_idle_timeout_secs {
+            return Err(invalid(
+                "idle_timeout",
+                format!(
+                    "idle_timeout must be between 10 and {} seconds",
+                    d.max_idle_timeout_secs
+                ),
+            ));
+        }
+        Ok((user, spec))
+    }
+}
+
+/// Lifecycle states. `Stopped` (scaled to zero) is normal: the next visit starts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Creating,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Creating => "Creating",
+            State::Starting => "Starting",
+            State::Running => "Running",
+            State::Stopping => "Stopping",
+            State::Stopped => "Stopped",
+            State::Failed => "Failed",
+        }
+    }
+}
+
+/// A secret that grants access to one instance: 256 random bits, hex-encoded.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    pub fn generate() -> Self {
+        let mut b = [0u8; 32];
+        rand::rng().fill_bytes(&mut b);
+        Self(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
+
+    pub fn from_secret(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison, so response timing does not leak how much of a guess matched.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(candidate).into()
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+/// Where a running instance serves, and whether it expects the `/instances/<id>` prefix
+/// removed from request paths (code-server serves at `/`; `code serve-web` takes a base path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    pub addr: std::net::SocketAddr,
+    pub strip_prefix: bool,
+}
+
+/// The durable facts about an instance, as a backend stores them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub instance_id: InstanceId,
+    pub user_id: UserId,
+    pub spec: InstanceSpec,
+    pub access_token: AccessToken,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Milliseconds since the Unix epoch.
+    pub last_activity_ms: u64,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids() {
+        assert!(UserId::parse("user1").is_ok());
+        assert!(UserId::parse("a").is_ok());
+        for bad in ["", "-a", "a-", "User", "a_b", "a.b", &"a".repeat(41)] {
+            assert!(UserId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instance_ids_round_trip() {
+        let u = UserId::parse("alice-dev").unwrap();
+        let id = InstanceId::generate(&u);
+        assert_eq!(InstanceId::parse(id.as_str()).unwrap(), id);
+        assert_eq!(id.user(), u);
+        for bad in [
+            "alice",
+            "alice-1234567",
+            "alice-1234567G",
+            "Alice-12345678",
+            "-12345678",
+        ] {
+            assert!(InstanceId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn images() {
+        for ok in [
+            "ubuntu",
+            "ubuntu:24.04",
+            "mcr.microsoft.com/devcontainers/python:1-3.12",
+            "localhost:5000/a/b:c",
+            "alpine@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            assert!(image_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Ubuntu",
+            "ubuntu:",
+            "a//b",
+            "a:b:c",
+            "a b",
+            "x@sha256:12",
+        ] {
+            assert!(image_ref(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quantities() {
+        assert!(memory("m", "2Gi").is_ok());
+        assert!(memory("m", "500m").is_err());
+        assert!(memory("m", "lots").is_err());
+        assert!(cpu("c", "500m").is_ok());
+        assert!(cpu("c", "1.5").is_ok());
+        assert!(cpu("c", "1Gi").is_err());
+    }
+
+    #[test]
+    fn request_must_not_exceed_limit() {
+        let req = CreateRequest {
+            user_id: "u".into(),
+            memory_request: Some("4Gi".into()),
+            memory_limit: Some("2Gi".into()),
+            ..Default::default()
+        };
+        let e = req.validate(&SpecDefaults::default()).unwrap_err();
+        assert_eq!(e.field, "memory_request");
+    }
+
+    #[test]
+    fn tokens_compare() {
+        let t = AccessToken::generate();
+        assert_eq!(t.expose().len(), 64);
+        assert!(t.matches(t.expose().as_bytes()));
+        assert!(!t.matches(b"nope"));
+        assert!(!format!("{t:?}").contains(t.expose()));
+    }
+}

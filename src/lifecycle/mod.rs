@@ -1,0 +1,215 @@
+//! Instance lifecycle on top of the registry and a backend: starting once no matter how many
+//! visitors arrive together, waiting for readiness, stopping, and the idle reaper.
+
+mod reaper;
+
+pub use reaper::{is_idle, Reaper};
+
+use crate::instance::{State, Upstream};
+use crate::orchestrator::Orchestrator;
+use crate::registry::{Instance, Registry, Status};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("instance did not become ready within {0:?}")]
+    Timeout(Duration),
+    #[error("instance failed to start: {0}")]
+    Failed(String),
+    #[error("instance was deleted")]
+    Gone,
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// Starts and stops instances; shared by the API, the proxy and the reaper.
+pub struct Lifecycle {
+    pub registry: Arc<Registry>,
+    pub orchestrator: Arc<dyn Orchestrator>,
+    pub start_timeout: Duration,
+    pub shutdown: CancellationToken,
+}
+
+impl Lifecycle {
+    /// Moves a stopped or failed instance to `Starting` and runs the start in the background.
+    /// Returns whether this call began a start: of concurrent callers exactly one does, since
+    /// the check and the transition happen under the status lock.
+    pub fn begin_start(self: &Arc<Self>, inst: &Arc<Instance>) -> bool {
+        if self.shutdown.is_cancelled() {
+            return false;
+        }
+        let began = inst.update(|s| {
+            if matches!(s.state, State::Stopped | State::Failed) {
+                s.state = State::Starting;
+                s.message = "starting".into();
+                s.upstream = None;
+                true
+            } else {
+                false
+            }
+        });
+        if began {
+            tracing::info!(instance = %inst.id, "starting");
+            inst.touch();
+            let this = self.clone();
+            let inst = inst.clone();
+            // Spawned, so that a visitor who gives up does not cancel the start for others.
+            tokio::spawn(async move { this.run_start(inst).await });
+        }
+        began
+    }
+
+    async fn run_start(self: Arc<Self>, inst: Arc<Instance>) {
+        let rec = inst.record();
+        let progress_inst = inst.clone();
+        let progress = Arc::new(move |m: &str| progress_inst.progress(m));
+        let started =
+            tokio::time::timeout(self.start_timeout, self.orchestrator.start(&rec, progress)).await;
+        let result = match started {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                let _ = self.orchestrator.stop(&inst.id).await;
+                Err(format!(
+                    "not ready within {}s (the start timeout)",
+                    self.start_timeout.as_secs()
+                ))
+            }
+        };
+        match result {
+            Ok(started) => {
+                let upstream = started.upstream;
+                let still_wanted = inst.update(|s| {
+                    if s.state == State::Starting {
+                        s.state = State::Running;
+                        s.message = "ready".into();
+                        s.upstream = Some(upstream);
+                        s.stop_reason = None;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                if !still_wanted {
+                    // Stopped or deleted while starting: do not leave the process running.
+                    let _ = self.orchestrator.stop(&inst.id).await;
+                    return;
+                }
+                inst.touch();
+                tracing::info!(instance = %inst.id, addr = %upstream.addr, "running");
+                self.watch_exit(inst, started.exited);
+            }
+            Err(reason) => {
+                tracing::warn!(instance = %inst.id, %reason, "start failed");
+                inst.update(|s| {
+                    s.state = State::Failed;
+                    s.message = reason;
+                    s.upstream = None;
+                    true
+                });
+            }
+        }
+    }
+
+    /// Marks the instance failed if its process goes away while it should be running; the next
+    /// visit starts it again.
+    fn watch_exit(
+        self: Arc<Self>,
+        inst: Arc<Instance>,
+        exited: tokio::sync::oneshot::Receiver<String>,
+    ) {
+        tokio::spawn(async move {
+            let Ok(reason) = exited.await else { return };
+            let changed = inst.update(|s| {
+                if s.state == State::Running {
+                    s.state = State::Failed;
+                    s.message = reason.clone();
+                    s.upstream = None;
+                    true
+                } else {
+                    false
+                }
+            });
+            if changed {
+                tracing::warn!(instance = %inst.id, %reason, "instance exited unexpectedly");
+                let _ = self.orchestrator.stop(&inst.id).await;
+            }
+        });
+    }
+
+    /// Waits until the instance is running, starting it if needed, bounded by the start timeout.
+    pub async fn ensure_running(
+        self: &Arc<Self>,
+        inst: &Arc<Instance>,
+    ) -> Result<Upstream, StartError> {
+        if let Some(u) = inst.running_upstream() {
+            return Ok(u);
+        }
+        let mut rx = inst.subscribe();
+        self.begin_start(inst);
+        let wait = async {
+            loop {
+                let status: Status = rx.borrow_and_update().clone();
+                match status.state {
+                    State::Running => {
+                        if let Some(u) = status.upstream {
+                            return Ok(u);
+                        }
+                    }
+                    State::Failed => return Err(StartError::Failed(status.message)),
+                    State::Stopped => {
+                        self.begin_start(inst);
+                    }
+                    _ => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(StartError::Gone);
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(self.start_timeout, wait) => r.unwrap_or(Err(StartError::Timeout(self.start_timeout))),
+            () = self.shutdown.cancelled() => Err(StartError::ShuttingDown),
+        }
+    }
+
+    /// Stops a running (or starting) instance, recording why. Returns whether it was running.
+    pub async fn stop(&self, inst: &Arc<Instance>, reason: &str) -> bool {
+        let was = inst.update(|s| {
+            if matches!(s.state, State::Running | State::Starting | State::Failed) {
+                s.state = State::Stopping;
+                s.message = format!("stopping ({reason})");
+                true
+            } else {
+                false
+            }
+        });
+        if !was {
+            return false;
+        }
+        tracing::info!(instance = %inst.id, reason, "stopping");
+        if let Err(e) = self.orchestrator.stop(&inst.id).await {
+            tracing::warn!(instance = %inst.id, error = %e, "stop failed");
+        }
+        inst.update(|s| {
+            s.state = State::Stopped;
+            s.message = String::new();
+            s.upstream = None;
+            s.stop_reason = Some(reason.to_owned());
+            true
+        });
+        if let Err(e) = self.orchestrator.save(&inst.record()).await {
+            tracing::warn!(instance = %inst.id, error = %e, "saving instance state failed");
+        }
+        true
+    }
+
+    /// Stops every instance: the local backend's processes must not outlive the server.
+    pub async fn stop_all(&self, reason: &str) {
+        let all = self.registry.all();
+        let stops = all.iter().map(|i| self.stop(i, reason));
+        futures_util::future::join_all(stops).await;
+    }
+}

@@ -1,0 +1,109 @@
+//! `vscode-on-demand`: `serve` runs the server; the other subcommands are its client.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::Parser;
+use vscode_on_demand::app::App;
+use vscode_on_demand::config::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(cfg) => serve(*cfg).await,
+            Command::Cert { dir, hosts } => {
+                let (paths, generated) = vscode_on_demand::tls::certs::ensure(&dir, &hosts)?;
+                let verb = if generated {
+                    "generated"
+                } else {
+                    "kept existing"
+                };
+                println!(
+                    "{verb} {} and {}",
+                    paths.server_cert.display(),
+                    paths.ca_cert.display()
+                );
+                Ok(())
+            }
+            other => vscode_on_demand::cli::run(other)
+                .await
+                .map_err(anyhow::Error::from),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VOD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let app = App::build(cfg).await.context("starting vscode-on-demand")?;
+    let i = &app.info;
+    println!(
+        "vscode-on-demand is serving {} (listening on {})",
+        i.public_url, i.addr
+    );
+    println!("  API:        {}/api/", i.public_url);
+    println!(
+        "  CA cert:    {}  (trust it in your browser, or: curl --cacert {})",
+        i.ca_cert.display(),
+        i.ca_cert.display()
+    );
+    match &i.token_file {
+        Some(f) => println!(
+            "  API token:  {}  (saved in {})",
+            i.admin_token,
+            f.display()
+        ),
+        None => println!("  API token:  from VOD_ADMIN_TOKEN / --admin-token"),
+    }
+    println!(
+        "  Data:       {} ({} instances)",
+        i.data_dir.display(),
+        i.instances
+    );
+    println!("  Try:        vscode-on-demand create --user-id alice");
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining connections and stopping instances");
+        shutdown.cancel();
+    });
+    app.run().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

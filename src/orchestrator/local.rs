@@ -1,0 +1,297 @@
+//! The embedded default backend: each instance is a child process on this machine, in its own
+//! process group, bound to loopback on a port we choose.
+//!
+//! Layout under the data directory:
+//! `instances/<id>.json` (metadata), `instances/<id>/config/` (settings, extensions),
+//! `instances/<id>/instance.log`, `instances/<id>/pgid` (for cleanup after a crash),
+//! `workspaces/<user>/` (shared by all of a user's instances, never deleted by us) and
+//! `cache/` (downloaded VS Code CLIs).
+
+use super::runtime::{LaunchContext, RuntimeConfig, DOWNLOAD_TIMEOUT};
+use super::store::{write_private, Store};
+use super::{Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
+use crate::instance::{InstanceId, InstanceRecord, Upstream, UserId};
+use crate::outbound::{system_roots, Outbound};
+use async_trait::async_trait;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// How long a stopped instance gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
+struct Proc {
+    pgid: i32,
+    exited: watch::Receiver<bool>,
+}
+
+pub struct Local {
+    data_dir: PathBuf,
+    store: Store,
+    runtime: RuntimeConfig,
+    download: Outbound,
+    probe: Outbound,
+    procs: Mutex<HashMap<InstanceId, Proc>>,
+}
+
+impl Local {
+    pub fn new(data_dir: PathBuf, runtime: RuntimeConfig) -> Result<Self> {
+        let store = Store::new(data_dir.join("instances"))?;
+        std::fs::create_dir_all(data_dir.join("workspaces"))
+            .map_err(OrchestratorError::io("creating the workspaces directory"))?;
+        Ok(Self {
+            store,
+            runtime,
+            download: Outbound::new(system_roots(), DOWNLOAD_TIMEOUT, 512 << 20),
+            probe: Outbound::new(
+                rustls::RootCertStore::empty(),
+                Duration::from_secs(2),
+                64 << 10,
+            ),
+            procs: Mutex::new(HashMap::new()),
+            data_dir,
+        })
+    }
+
+    fn instance_dir(&self, id: &InstanceId) -> PathBuf {
+        self.data_dir.join("instances").join(id.as_str())
+    }
+
+    fn workspace_dir(&self, user: &UserId) -> PathBuf {
+        self.data_dir.join("workspaces").join(user.as_str())
+    }
+
+    fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Proc>> {
+        // A panic while holding this lock leaves the map itself consistent (single inserts and
+        // removes), so a poisoned lock is safe to keep using.
+        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Kills a process group left behind by a previous run of this server that died without
+    /// stopping its instances. The group is only killed if its leader still carries this
+    /// instance's marker in its environment, so a recycled PID is never hit.
+    fn reap_stale(&self, id: &InstanceId) {
+        let pgid_file = self.instance_dir(id).join("pgid");
+        let Some(pgid) = std::fs::read_to_string(&pgid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let marker = format!("VOD_INSTANCE_ID={id}");
+        let ours = std::fs::read(format!("/proc/{pgid}/environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()));
+        if ours {
+            tracing::warn!(instance = %id, pgid, "killing an instance process left by a previous run");
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(pgid_file);
+    }
+
+    async fn wait_ready(
+        &self,
+        url: &str,
+        exited: &mut oneshot::Receiver<String>,
+        log: &Path,
+    ) -> Result<()> {
+        loop {
+            if let Ok(reason) = exited.try_recv() {
+                return Err(OrchestratorError::StartFailed(format!(
+                    "{reason}; last output: {}",
+                    log_tail(log)
+                )));
+            }
+            if let Ok(resp) = self.probe.send(http::Method::GET, url, &[], None).await {
+                if resp.status.as_u16() < 500 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+}
+
+/// The last few lines a failed instance printed, for its failure reason.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+    if tail.is_empty() {
+        "(nothing)".into()
+    } else {
+        tail.chars().take(1000).collect()
+    }
+}
+
+/// A free loopback port. Another process could take it before the instance binds it; the
+/// instance then fails its start with a clear log line and the next visit retries.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(OrchestratorError::io("choosing a port"))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(OrchestratorError::io("choosing a port"))
+}
+
+#[async_trait]
+impl Orchestrator for Local {
+    async fn load(&self) -> Result<Vec<InstanceRecord>> {
+        let recs = self.store.load_all()?;
+        for r in &recs {
+            self.reap_stale(&r.instance_id);
+        }
+        Ok(recs)
+    }
+
+    async fn create(&self, rec: &InstanceRecord) -> Result<()> {
+        let ws = self.workspace_dir(&rec.user_id);
+        let cfg = self.instance_dir(&rec.instance_id).join("config");
+        for d in [&ws, &cfg] {
+            std::fs::create_dir_all(d)
+                .map_err(OrchestratorError::io(format!("creating {}", d.display())))?;
+        }
+        if let Err(e) = self.store.write(rec) {
+            let _ = std::fs::remove_dir_all(self.instance_dir(&rec.instance_id));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn save(&self, rec: &InstanceRecord) -> Result<()> {
+        self.store.write(rec)
+    }
+
+    async fn start(&self, rec: &InstanceRecord, progress: Progress) -> Result<Started> {
+        let id = &rec.instance_id;
+        let dir = self.instance_dir(id);
+        let config_dir = dir.join("config");
+        let workspace = self.workspace_dir(&rec.user_id);
+        for d in [&config_dir, &workspace] {
+            std::fs::create_dir_all(d)
+                .map_err(OrchestratorError::io(format!("creating {}", d.display())))?;
+        }
+        progress("preparing VS Code");
+        let port = free_port()?;
+        let base_path = format!("/instances/{id}");
+        let cache_dir = self.data_dir.join("cache");
+        let ctx = LaunchContext {
+            instance_id: id.as_str(),
+            user_id: rec.user_id.as_str(),
+            port,
+            base_path: &base_path,
+            workspace: &workspace,
+            config_dir: &config_dir,
+            vscode_version: &rec.spec.vscode_version,
+            cache_dir: &cache_dir,
+        };
+        let launch = self.runtime.launch(&ctx, &self.download).await?;
+        let log_path = dir.join("instance.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(OrchestratorError::io(format!(
+                "opening {}",
+                log_path.display()
+            )))?;
+        let log_err = log
+            .try_clone()
+            .map_err(OrchestratorError::io("duplicating the log handle"))?;
+        progress(&format!("starting {}", launch.description));
+        let xdg = |sub: &str| config_dir.join(sub);
+        let mut child = tokio::process::Command::new(&launch.program)
+            .args(&launch.args)
+            .current_dir(&workspace)
+            .env("VOD_INSTANCE_ID", id.as_str())
+            .env("PORT", port.to_string())
+            .env("XDG_CONFIG_HOME", xdg("xdg-config"))
+            .env("XDG_DATA_HOME", xdg("xdg-data"))
+            .env("XDG_CACHE_HOME", xdg("xdg-cache"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                OrchestratorError::StartFailed(format!(
+                    "cannot run {}: {e}",
+                    launch.program.display()
+                ))
+            })?;
+        let pgid = child.id().map_or(0, |p| p as i32);
+        let _ = write_private(&dir.join("pgid"), pgid.to_string().as_bytes());
+        let (exit_tx, mut exit_rx) = oneshot::channel();
+        let (exited_tx, exited) = watch::channel(false);
+        self.procs().insert(id.clone(), Proc { pgid, exited });
+        tokio::spawn(async move {
+            let reason = match child.wait().await {
+                Ok(s) => format!("process exited ({s})"),
+                Err(e) => format!("process lost: {e}"),
+            };
+            // Children the instance left behind go with it.
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            let _ = exited_tx.send(true);
+            let _ = exit_tx.send(reason);
+        });
+        progress(&format!("waiting for {} to answer", launch.description));
+        let probe_url = format!("http://127.0.0.1:{port}{}", launch.probe_path);
+        if let Err(e) = self.wait_ready(&probe_url, &mut exit_rx, &log_path).await {
+            let _ = self.stop(id).await;
+            return Err(e);
+        }
+        Ok(Started {
+            upstream: Upstream {
+                addr: ([127, 0, 0, 1], port).into(),
+                strip_prefix: launch.strip_prefix,
+            },
+            exited: exit_rx,
+        })
+    }
+
+    async fn stop(&self, id: &InstanceId) -> Result<()> {
+        let Some(mut proc) = self.procs().remove(id) else {
+            return Ok(());
+        };
+        let group = Pid::from_raw(proc.pgid);
+        if !*proc.exited.borrow() {
+            let _ = killpg(group, Signal::SIGTERM);
+            let exited = tokio::time::timeout(STOP_GRACE, proc.exited.wait_for(|e| *e)).await;
+            if exited.is_err() {
+                tracing::warn!(instance = %id, "instance ignored SIGTERM; killing it");
+            }
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = std::fs::remove_file(self.instance_dir(id).join("pgid"));
+        Ok(())
+    }
+
+    async fn delete(&self, id: &InstanceId) -> Result<()> {
+        self.stop(id).await?;
+        self.store.remove(id)?;
+        let dir = self.instance_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(OrchestratorError::io(format!("removing {}", dir.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn workspace(&self, user: &UserId) -> Result<WorkspaceInfo> {
+        let meta = std::fs::metadata(self.workspace_dir(user)).ok();
+        Ok(WorkspaceInfo {
+            exists: meta.as_ref().is_some_and(|m| m.is_dir()),
+            created_at: meta
+                .and_then(|m| m.created().or_else(|_| m.modified()).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+        })
+    }
+}

@@ -1,0 +1,341 @@
+//! The instance proxy, as phases: authenticate (token → cookie exchange, URL cleaned) → our
+//! own endpoints → make sure the instance runs (starting page or held request) → rewrite →
+//! forward (HTTP streamed both ways, WebSocket spliced) → respond.
+
+mod auth;
+mod headers;
+mod pages;
+mod tunnel;
+
+use crate::http::response::{error, with_header};
+use crate::http::{events, Body, BoxError};
+use crate::instance::Upstream;
+use crate::lifecycle::StartError;
+use crate::registry::{ActivityGuard, Instance};
+use crate::state::Shared;
+use auth::Presented;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Serves `/instances/<id><rest>`; `id` has passed the router's character check.
+pub async fn handle(
+    sh: &Arc<Shared>,
+    id: &str,
+    rest: &str,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<Body> {
+    let navigation = is_navigation(&req);
+    let inst = sh.lifecycle.registry.get_str(id);
+    let presented = match &inst {
+        Some(i) => auth::check(i, req.headers(), req.uri().query()),
+        None => Presented::Cookie(false),
+    };
+    let inst = match (inst, presented) {
+        (Some(inst), Presented::Query(t)) => {
+            // Exchanges are rare for real users, so each one counts against the limit first.
+            if !sh.auth_failure_allowed(peer) {
+                return too_many();
+            }
+            if !inst.token.matches(t.as_bytes()) {
+                return deny(navigation, true);
+            }
+            return exchange(&inst, rest, req.uri());
+        }
+        (Some(inst), Presented::Cookie(true)) => inst,
+        (_, p) => {
+            if !sh.auth_failure_allowed(peer) {
+                return too_many();
+            }
+            return deny(navigation, matches!(p, Presented::Cookie(false)));
+        }
+    };
+
+    if let Some(own) = rest.strip_prefix(pages::PREFIX) {
+        return match own {
+            "events" => events::stream(inst, sh.lifecycle.start_timeout * 2),
+            "starting.js" => pages::starting_js(),
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such page"),
+        };
+    }
+
+    let websocket = headers::is_websocket(req.headers());
+    if websocket && !origin_matches(&req) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "bad_origin",
+            "WebSocket connections must come from pages of this host",
+        );
+    }
+    let guard = inst.activity();
+    let upstream = match inst.running_upstream() {
+        Some(u) => u,
+        None if navigation && !websocket => {
+            sh.lifecycle.begin_start(&inst);
+            return pages::starting(inst.id.as_str(), &inst.status().message);
+        }
+        None => match sh.lifecycle.ensure_running(&inst).await {
+            Ok(u) => u,
+            Err(e) => return not_ready(e),
+        },
+    };
+    if websocket {
+        forward_upgrade(sh, inst, upstream, rest, req, peer).await
+    } else {
+        forward(sh, upstream, rest, req, peer, guard).await
+    }
+}
+
+fn too_many() -> Response<Body> {
+    with_header(
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed token checks; wait a minute",
+        ),
+        header::RETRY_AFTER,
+        HeaderValue::from_static("60"),
+    )
+}
+
+fn deny(navigation: bool, wrong: bool) -> Response<Body> {
+    if navigation {
+        pages::unauthorized(wrong)
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong instance access token",
+        )
+    }
+}
+
+fn not_ready(e: StartError) -> Response<Body> {
+    let status = match e {
+        StartError::Failed(_) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    with_header(
+        error(status, "not_ready", e),
+        header::RETRY_AFTER,
+        HeaderValue::from_static("5"),
+    )
+}
+
+/// A browser loading a page (as opposed to a script's request).
+fn is_navigation(req: &Request<Incoming>) -> bool {
+    if req.method() != Method::GET {
+        return false;
+    }
+    let h = req.headers();
+    match h.get("sec-fetch-mode").and_then(|v| v.to_str().ok()) {
+        Some(mode) => mode == "navigate",
+        None => h
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html")),
+    }
+}
+
+/// The host the client addressed: `Host` (HTTP/1.1) or the URI authority (HTTP/2).
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// A WebSocket must be opened by a page of this host: its `Origin` is `https://<host>`.
+fn origin_matches(req: &Request<Incoming>) -> bool {
+    let (Some(origin), Some(host)) = (req.headers().get(header::ORIGIN), request_host(req)) else {
+        return false;
+    };
+    let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else {
+        return false;
+    };
+    origin
+        .strip_prefix("https://")
+        .is_some_and(|o| o.eq_ignore_ascii_case(host))
+}
+
+/// Trades a valid `?tkn=` for a cookie and sends the browser to the same URL without it, so
+/// the token stays out of history, logs and `Referer`.
+fn exchange(inst: &Instance, rest: &str, uri: &Uri) -> Response<Body> {
+    let (_, query) = auth::split_tkn(uri.query());
+    let mut location = format!("/instances/{}{rest}", inst.id);
+    if !query.is_empty() {
+        location.push('?');
+        location.push_str(&query);
+    }
+    let mut r = Response::new(crate::http::response::empty());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    let h = r.headers_mut();
+    h.insert(header::SET_COOKIE, auth::set_cookie(inst));
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/")),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// Builds the request the instance sees.
+fn upstream_request(
+    upstream: Upstream,
+    id: &str,
+    rest: &str,
+    req: Request<Incoming>,
+    peer: IpAddr,
+    upgrade: bool,
+) -> Result<Request<Incoming>, Response<Body>> {
+    let host = request_host(&req);
+    let (mut parts, body) = req.into_parts();
+    let path = if upstream.strip_prefix {
+        rest.to_owned()
+    } else {
+        format!("/instances/{id}{rest}")
+    };
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(upstream.addr.to_string())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "the request path is not valid",
+            )
+        })?;
+    parts.version = Version::HTTP_11;
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    auth::strip_cookie(&mut parts.headers);
+    headers::set_forwarded(&mut parts.headers, peer, host.as_ref());
+    // The instance sees the host the browser used, so its own origin checks agree with ours.
+    if let Some(h) = host {
+        parts.headers.insert(header::HOST, h);
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+fn upstream_failed(e: impl std::fmt::Display) -> Response<Body> {
+    error(
+        StatusCode::BAD_GATEWAY,
+        "upstream_failed",
+        format!("the instance did not answer: {e}"),
+    )
+}
+
+async fn forward(
+    sh: &Arc<Shared>,
+    upstream: Upstream,
+    rest: &str,
+    req: Request<Incoming>,
+    peer: IpAddr,
+    guard: ActivityGuard,
+) -> Response<Body> {
+    let req = match upstream_request(
+        upstream,
+        guard.instance().id.as_str(),
+        rest,
+        req,
+        peer,
+        false,
+    ) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match sh.upstream.request(req).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers, false);
+            Response::from_parts(
+                parts,
+                GuardedBody {
+                    inner: body,
+                    _guard: guard,
+                }
+                .boxed(),
+            )
+        }
+        Err(e) => upstream_failed(e),
+    }
+}
+
+async fn forward_upgrade(
+    sh: &Arc<Shared>,
+    inst: Arc<Instance>,
+    upstream: Upstream,
+    rest: &str,
+    mut req: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<Body> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let req = match upstream_request(upstream, inst.id.as_str(), rest, req, peer, true) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut resp = match sh.upstream.request(req).await {
+        Ok(r) => r,
+        Err(e) => return upstream_failed(e),
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers, false);
+        return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let shutdown = sh.lifecycle.shutdown.clone();
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((c, u)) => tunnel::splice(c, u, inst, shutdown).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, crate::http::response::empty())
+}
+
+/// A proxied response body that keeps its instance busy until it has been sent in full.
+struct GuardedBody {
+    inner: Incoming,
+    _guard: ActivityGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,212 @@
+//! The instance table: every known instance, its live status and its activity.
+//!
+//! Lookups on the request path take one shard read lock (DashMap) and clone an `Arc`; status
+//! changes go through a `watch` channel so that waiters (held requests, event streams, the
+//! starting page) see every transition without polling.
+
+use crate::instance::{
+    AccessToken, InstanceId, InstanceRecord, InstanceSpec, State, Upstream, UserId,
+};
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Milliseconds since the Unix epoch: activity must survive restarts, so it is wall-clock time.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The live status of one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub state: State,
+    /// Start progress while starting; the failure reason when failed.
+    pub message: String,
+    pub upstream: Option<Upstream>,
+    /// Why it was last stopped (`idle`, `api`, `shutdown`…), shown in the API.
+    pub stop_reason: Option<String>,
+}
+
+/// One instance: its fixed facts plus status and activity.
+#[derive(Debug)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub user: UserId,
+    pub spec: InstanceSpec,
+    pub token: AccessToken,
+    pub created_at: u64,
+    status: watch::Sender<Status>,
+    last_activity_ms: AtomicU64,
+    inflight: AtomicUsize,
+}
+
+impl Instance {
+    pub fn from_record(rec: InstanceRecord, state: State) -> Self {
+        let status = Status {
+            state,
+            message: String::new(),
+            upstream: None,
+            stop_reason: rec.stop_reason,
+        };
+        Self {
+            id: rec.instance_id,
+            user: rec.user_id,
+            spec: rec.spec,
+            token: rec.access_token,
+            created_at: rec.created_at,
+            status: watch::Sender::new(status),
+            last_activity_ms: AtomicU64::new(rec.last_activity_ms),
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    /// The durable facts as of now, for a backend to store.
+    pub fn record(&self) -> InstanceRecord {
+        InstanceRecord {
+            instance_id: self.id.clone(),
+            user_id: self.user.clone(),
+            spec: self.spec.clone(),
+            access_token: self.token.clone(),
+            created_at: self.created_at,
+            last_activity_ms: self.last_activity_ms(),
+            stop_reason: self.status.borrow().stop_reason.clone(),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    pub fn state(&self) -> State {
+        self.status.borrow().state
+    }
+
+    /// The upstream when running, without cloning the whole status.
+    pub fn running_upstream(&self) -> Option<Upstream> {
+        let s = self.status.borrow();
+        match s.state {
+            State::Running => s.upstream,
+            _ => None,
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Applies `f` to the status atomically; `f` returns whether it changed anything, and only
+    /// then are watchers woken. The single place where transitions are decided.
+    pub fn update(&self, f: impl FnOnce(&mut Status) -> bool) -> bool {
+        self.status.send_if_modified(f)
+    }
+
+    /// Sets a progress message while starting.
+    pub fn progress(&self, message: &str) {
+        self.update(|s| {
+            if s.state == State::Starting && s.message != message {
+                s.message = message.to_owned();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn touch(&self) {
+        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Marks a request as in progress until the guard drops; an instance with requests in
+    /// flight is never idle.
+    pub fn activity(self: &Arc<Self>) -> ActivityGuard {
+        self.touch();
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        ActivityGuard(self.clone())
+    }
+}
+
+/// Keeps an instance busy while alive; records activity when dropped too, so a long response
+/// counts as activity up to its end.
+#[derive(Debug)]
+pub struct ActivityGuard(Arc<Instance>);
+
+impl ActivityGuard {
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.0
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The table of instances.
+#[derive(Debug, Default)]
+pub struct Registry {
+    map: DashMap<InstanceId, Arc<Instance>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, id: &InstanceId) -> Option<Arc<Instance>> {
+        self.map.get(id).map(|e| e.value().clone())
+    }
+
+    /// Looks up by the raw path segment, without allocating an id on the request path.
+    pub fn get_str(&self, id: &str) -> Option<Arc<Instance>> {
+        self.map.get(id).map(|e| e.value().clone())
+    }
+
+    pub fn insert(&self, inst: Arc<Instance>) {
+        self.map.insert(inst.id.clone(), inst);
+    }
+
+    pub fn remove(&self, id: &InstanceId) -> Option<Arc<Instance>> {
+        self.map.remove(id).map(|(_, v)| v)
+    }
+
+    /// A snapshot, sorted by id so listings are stable.
+    pub fn all(&self) -> Vec<Arc<Instance>> {
+        let mut v: Vec<_> = self.map.iter().map(|e| e.value().clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn of_user(&self, user: &UserId) -> Vec<Arc<Instance>> {
+        let mut v = self.all();
+        v.retain(|i| &i.user == user);
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl std::borrow::Borrow<str> for InstanceId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
