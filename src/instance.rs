@@ -380,11 +380,11 @@ impl CreateRequest {
                 ),
             ));
         }
-        if spec.idle_timeout_secs < 10 || spec.idle_timeout_secs > d.max_idle_timeout_secs {
+        if spec.idle_timeout_secs == 0 || spec.idle_timeout_secs > d.max_idle_timeout_secs {
             return Err(invalid(
                 "idle_timeout",
                 format!(
-                    "idle_timeout must be between 10 and {} seconds",
+                    "idle_timeout must be between 1 and {} seconds",
                     d.max_idle_timeout_secs
                 ),
             ));
