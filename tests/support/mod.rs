@@ -44,7 +44,12 @@ pub fn starts(path: &Path) -> Vec<i32> {
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still answers signal 0; look at its state instead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -78,12 +83,17 @@ pub struct Created {
 impl Server {
     /// Starts `serve` with `args` (plus listen/data-dir), waiting until it prints its address.
     pub fn start(data_dir: &Path, args: &[&str]) -> Server {
+        Self::start_with_env(data_dir, args, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
             .env("VOD_LOG", "info,vscode_on_demand=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
@@ -200,7 +210,13 @@ impl Server {
     }
 
     /// A script-style request with the instance cookie.
-    pub async fn fetch(&self, c: &Created, method: Method, rest: &str, body: &str) -> Response<Incoming> {
+    pub async fn fetch(
+        &self,
+        c: &Created,
+        method: Method,
+        rest: &str,
+        body: &str,
+    ) -> Response<Incoming> {
         let req = self
             .request(method, &format!("/instances/{}{rest}", c.id))
             .header("cookie", format!("vod_tkn={}", c.token))
@@ -210,7 +226,12 @@ impl Server {
     }
 
     /// Calls the API with the admin token.
-    pub async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut b = self
             .request(method, path)
             .header("authorization", format!("Bearer {}", self.token));
@@ -218,10 +239,15 @@ impl Server {
             b = b.header("content-type", "application/json");
         }
         let body = body.map(|v| v.to_string()).unwrap_or_default();
-        let resp = self.send(b.body(Full::new(Bytes::from(body))).unwrap()).await;
+        let resp = self
+            .send(b.body(Full::new(Bytes::from(body))).unwrap())
+            .await;
         let status = resp.status();
         let text = body_text(resp).await;
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn create(&self, body: Value) -> Created {
@@ -236,7 +262,9 @@ impl Server {
     }
 
     pub async fn state(&self, id: &str) -> String {
-        let (_, v) = self.api(Method::GET, &format!("/api/instances/{id}"), None).await;
+        let (_, v) = self
+            .api(Method::GET, &format!("/api/instances/{id}"), None)
+            .await;
         v["status"].as_str().unwrap_or("?").to_owned()
     }
 
@@ -263,7 +291,9 @@ impl Server {
         tokio_tungstenite::tungstenite::Error,
     > {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = format!("wss://{}{path}", self.host).into_client_request().unwrap();
+        let mut req = format!("wss://{}{path}", self.host)
+            .into_client_request()
+            .unwrap();
         if let Some(c) = cookie {
             req.headers_mut().insert("cookie", c.parse().unwrap());
         }
@@ -271,7 +301,9 @@ impl Server {
             req.headers_mut().insert("origin", o.parse().unwrap());
         }
         let tls = self.connect(b"http/1.1").await;
-        tokio_tungstenite::client_async(req, tls).await.map(|(ws, _)| ws)
+        tokio_tungstenite::client_async(req, tls)
+            .await
+            .map(|(ws, _)| ws)
     }
 }
 
@@ -319,7 +351,10 @@ pub async fn body_json(resp: Response<Incoming>) -> Value {
 
 /// A temporary directory that is removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("vod-test").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("vod-test")
+        .tempdir()
+        .unwrap()
 }
 
 /// A server running `vod-upstream` instances, in a fresh data directory.
@@ -339,7 +374,11 @@ impl Fixture {
         let mut all = vec!["--runtime", "command", "--command", &cmd];
         all.extend_from_slice(args);
         let server = Server::start(&data, &all);
-        Fixture { dir, starts, server }
+        Fixture {
+            dir,
+            starts,
+            server,
+        }
     }
 
     pub fn restart(&mut self, args: &[&str]) {

@@ -1,0 +1,290 @@
+'use strict';
+// Drives a real VS Code (code-server) through the vscode-on-demand proxy in headless Chromium.
+// Run by tests/vscode_e2e.rs, which passes everything through the environment:
+//   VOD_E2E_URL          instance URL with ?tkn= (as the create call returned it)
+//   VOD_E2E_API          server base URL, for the management API
+//   VOD_E2E_ADMIN_TOKEN  API bearer token (kept out of argv, which any local user can read)
+//   VOD_E2E_INSTANCE     instance id
+//   VOD_E2E_WORKSPACE    the instance's workspace directory on disk
+//   VOD_E2E_CHROMIUM     chromium executable
+//   VOD_E2E_SCREENSHOTS  directory for screenshots
+// Progress goes to stderr; stdout carries exactly one JSON line, the result.
+
+const fs = require('fs');
+const path = require('path');
+const { chromium } = require('playwright-core');
+
+const BUDGET_MS = 250_000;
+const WORKBENCH_TIMEOUT_MS = 120_000;
+const FILE_NAME = 'persisted.txt';
+const FILE_TEXT = 'e2e-persist';
+const STARTING_TITLE = 'Starting VS Code…';
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+}
+
+const t0 = Date.now();
+const secs = () => ((Date.now() - t0) / 1000).toFixed(1);
+const log = (msg) => process.stderr.write(`[vscode.js ${secs()}s] ${msg}\n`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function poll(what, timeoutMs, fn, intervalMs = 250) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+function fileText(p) {
+  try {
+    return fs.readFileSync(p, 'utf8');
+  } catch {
+    return null;
+  }
+}
+
+async function main(out) {
+  const url = need('VOD_E2E_URL');
+  const api = need('VOD_E2E_API').replace(/\/$/, '');
+  const adminToken = need('VOD_E2E_ADMIN_TOKEN');
+  const id = need('VOD_E2E_INSTANCE');
+  const workspace = need('VOD_E2E_WORKSPACE');
+  const executablePath = need('VOD_E2E_CHROMIUM');
+  const shots = need('VOD_E2E_SCREENSHOTS');
+  fs.mkdirSync(shots, { recursive: true });
+  const instancePath = `/instances/${id}/`;
+  const target = path.join(workspace, FILE_NAME);
+
+  out.browser = await chromium.launch({
+    executablePath,
+    headless: true,
+    timeout: 60_000,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  const context = await out.browser.newContext({
+    ignoreHTTPSErrors: true,
+    viewport: { width: 1280, height: 800 },
+  });
+  const page = await context.newPage();
+  out.page = page;
+  page.setDefaultTimeout(30_000);
+
+  // Everything observed is tagged with the phase it happened in: the first start or the wake.
+  let phase = 'first';
+  const titles = [];
+  out.titles = titles;
+  page.on('domcontentloaded', async () => {
+    const title = await page.title().catch(() => null);
+    titles.push({ phase, title, url: page.url().split('?')[0] });
+  });
+  page.on('websocket', (ws) => {
+    const rec = { phase, url: ws.url().split('?')[0], sent: 0, received: 0, closed: false };
+    out.websockets.push(rec);
+    ws.on('framesent', () => rec.sent++);
+    ws.on('framereceived', () => rec.received++);
+    ws.on('close', () => (rec.closed = true));
+    ws.on('socketerror', (e) => (rec.error = String(e)));
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 400) {
+      out.bad_responses.push({ phase, status: r.status(), method: r.request().method(), url: r.url() });
+    }
+  });
+  page.on('requestfailed', (r) => {
+    out.failed_requests.push({ phase, url: r.url(), error: r.failure() && r.failure().errorText });
+  });
+  page.on('console', (m) => {
+    if (m.type() === 'error') out.console_errors.push({ phase, text: m.text().slice(0, 300) });
+  });
+  page.on('pageerror', (e) => out.console_errors.push({ phase, text: `pageerror: ${e.message}`.slice(0, 300) }));
+
+  const shot = async (name) => {
+    const p = path.join(shots, `${name}.png`);
+    await page.screenshot({ path: p, timeout: 15_000 });
+    out.screenshots.push(p);
+    log(`screenshot ${p}`);
+  };
+  const sawStarting = (ph) => titles.some((t) => t.phase === ph && t.title === STARTING_TITLE);
+  const liveSockets = (ph) =>
+    out.websockets.filter((w) => w.phase === ph && w.url.includes(instancePath) && w.received > 0 && !w.closed);
+
+  // a. The token is traded for a cookie and disappears from the URL.
+  log(`opening ${url.replace(/tkn=[^&]*/, 'tkn=…')}`);
+  const first = await page.goto(url, { waitUntil: 'domcontentloaded', timeout: WORKBENCH_TIMEOUT_MS });
+  const redirect = first && first.request().redirectedFrom();
+  const redirectResponse = redirect && (await redirect.response());
+  if (!redirectResponse || redirectResponse.status() !== 303) {
+    throw new Error(`expected a 303 token exchange, got ${redirectResponse ? redirectResponse.status() : 'no redirect'}`);
+  }
+  if (page.url().includes('tkn=')) throw new Error(`token still in the URL: ${page.url()}`);
+  const cookies = await context.cookies();
+  if (!cookies.some((c) => c.name === 'vod_tkn' && c.path === instancePath && c.httpOnly && c.secure)) {
+    throw new Error(`no HttpOnly Secure vod_tkn cookie for ${instancePath}: ${JSON.stringify(cookies.map((c) => c.name))}`);
+  }
+
+  // b. The starting page reloads itself into the workbench, which talks to the instance over a
+  // WebSocket through the proxy.
+  await page.waitForSelector('.monaco-workbench', { state: 'visible', timeout: WORKBENCH_TIMEOUT_MS });
+  out.timings.first_workbench_s = Number(secs());
+  log(`workbench rendered (starting page seen: ${sawStarting('first')})`);
+  if (page.url().includes('tkn=')) throw new Error(`token in the workbench URL: ${page.url()}`);
+  await poll('a WebSocket to the instance that receives frames', 60_000, () => liveSockets('first').length > 0);
+  out.starting_page_seen = sawStarting('first');
+  const workbenchUrl = page.url();
+  // The explorer lists the (empty) workspace once the remote file system answers.
+  await page.waitForSelector('.explorer-folders-view, .explorer-viewlet', { state: 'attached', timeout: 60_000 });
+  await sleep(2_000);
+  await shot('1-workbench');
+
+  // c. A file written by a shell in VS Code's own terminal.
+  await openTerminal(page);
+  await shot('2-terminal');
+  let written = false;
+  for (let attempt = 1; attempt <= 3 && !written; attempt++) {
+    await focusTerminal(page);
+    log(`typing into the terminal (attempt ${attempt})`);
+    await page.keyboard.type(`echo ${FILE_TEXT} > ${FILE_NAME}`, { delay: 20 });
+    await page.keyboard.press('Enter');
+    written = await poll(`${target}`, 10_000, () => (fileText(target) || '').trim() === FILE_TEXT).catch(() => false);
+  }
+  if (!written) throw new Error(`${target} never appeared with ${FILE_TEXT}: ${JSON.stringify(fileText(target))}`);
+  out.timings.file_written_s = Number(secs());
+  log(`${target} written through the terminal`);
+  await shot('3-file-written');
+
+  // d. Stop through the API. The page leaves first: the workbench reconnects by itself the
+  // moment its connection drops, and any request to a stopped instance wakes it, so staying
+  // would race the stop and take away the navigation this test wants to see waking it.
+  await page.goto('about:blank');
+  const stopResp = await fetch(`${api}/api/instances/${id}/stop`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${adminToken}` },
+    signal: AbortSignal.timeout(30_000),
+  });
+  const stopped = await stopResp.json();
+  if (!stopResp.ok || stopped.status !== 'Stopped') {
+    throw new Error(`stop answered ${stopResp.status}: ${JSON.stringify(stopped)}`);
+  }
+  out.timings.stopped_s = Number(secs());
+  log('instance stopped through the API');
+
+  // e. Coming back wakes it; the workspace file is still there.
+  phase = 'wake';
+  const wakeStart = Date.now();
+  await page.goto(workbenchUrl, { waitUntil: 'domcontentloaded', timeout: WORKBENCH_TIMEOUT_MS });
+  await page.waitForSelector('.monaco-workbench', { state: 'visible', timeout: WORKBENCH_TIMEOUT_MS });
+  out.timings.wake_workbench_s = (Date.now() - wakeStart) / 1000;
+  out.wake_starting_page_seen = sawStarting('wake');
+  log(`workbench rendered after wake in ${out.timings.wake_workbench_s}s (starting page seen: ${out.wake_starting_page_seen})`);
+  await poll('a WebSocket to the woken instance that receives frames', 60_000, () => liveSockets('wake').length > 0);
+  await findInExplorer(page, FILE_NAME);
+  log(`explorer shows ${FILE_NAME}`);
+  await sleep(1_000);
+  await shot('4-after-wake');
+}
+
+async function openTerminal(page) {
+  // Keyboard focus must be inside the workbench for its keybindings to fire.
+  await page.locator('.monaco-workbench .part.statusbar').click({ timeout: 10_000 }).catch(() => {});
+  await page.keyboard.press('Control+Backquote');
+  const xterm = page.locator('.terminal-wrapper .xterm').first();
+  try {
+    await xterm.waitFor({ state: 'visible', timeout: 15_000 });
+    log('terminal opened with Ctrl+`');
+    return;
+  } catch {
+    log('Ctrl+` did not open a terminal; using the command palette');
+  }
+  await page.keyboard.press('F1');
+  const input = page.locator('.quick-input-widget input');
+  await input.waitFor({ state: 'visible', timeout: 10_000 });
+  await input.fill('>Terminal: Create New Terminal');
+  await page.locator('.quick-input-list .monaco-list-row').first().waitFor({ timeout: 10_000 });
+  await page.keyboard.press('Enter');
+  await xterm.waitFor({ state: 'visible', timeout: 20_000 });
+}
+
+async function focusTerminal(page) {
+  const focused = () =>
+    page.evaluate(() => !!document.activeElement && document.activeElement.classList.contains('xterm-helper-textarea'));
+  if (!(await focused())) {
+    await page.locator('.terminal-wrapper .xterm').first().click({ timeout: 10_000 });
+  }
+  await poll('keyboard focus in the terminal', 10_000, focused);
+  // The shell's prompt needs a moment after the terminal shows.
+  await sleep(1_500);
+}
+
+async function findInExplorer(page, name) {
+  const row = page.locator('.explorer-folders-view .monaco-list-row', { hasText: name }).first();
+  try {
+    await row.waitFor({ state: 'visible', timeout: 20_000 });
+    return;
+  } catch {
+    log('explorer not showing the file yet; focusing the explorer');
+  }
+  await page.keyboard.press('Control+Shift+E');
+  await row.waitFor({ state: 'visible', timeout: 30_000 });
+}
+
+async function run() {
+  const out = {
+    ok: false,
+    starting_page_seen: false,
+    wake_starting_page_seen: false,
+    timings: {},
+    websockets: [],
+    screenshots: [],
+    bad_responses: [],
+    failed_requests: [],
+    console_errors: [],
+  };
+  const watchdog = setTimeout(() => {
+    log(`overall budget of ${BUDGET_MS / 1000}s exceeded`);
+    // playwright-core kills the browsers it launched when the process exits.
+    process.exit(1);
+  }, BUDGET_MS);
+  let code = 0;
+  try {
+    await main(out);
+    out.ok = true;
+  } catch (e) {
+    code = 1;
+    out.error = String((e && e.stack) || e);
+    log(`FAILED: ${out.error}`);
+    if (out.page) {
+      const p = path.join(process.env.VOD_E2E_SCREENSHOTS || '.', 'failure.png');
+      await out.page
+        .screenshot({ path: p, timeout: 10_000 })
+        .then(() => {
+          out.screenshots.push(p);
+          log(`failure screenshot ${p}`);
+        })
+        .catch((err) => log(`no failure screenshot: ${err.message}`));
+    }
+  } finally {
+    const browser = out.browser;
+    delete out.browser;
+    delete out.page;
+    if (browser) await Promise.race([browser.close().catch(() => {}), sleep(15_000)]);
+  }
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+  clearTimeout(watchdog);
+  process.exitCode = code;
+}
+
+run();
