@@ -68,7 +68,7 @@ pub fn default_hosts() -> Vec<String> {
 pub enum Backend {
     /// Instances are child processes on this machine.
     Local,
-    /// Instances are Kubernetes Deployments.
+    /// Instances are Kubernetes Deployments (not available in this build yet).
     Kube,
 }
 
