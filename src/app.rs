@@ -5,6 +5,7 @@ use crate::config::{Backend, ServeConfig};
 use crate::error::StartupError;
 use crate::instance::{AccessToken, SpecDefaults, State};
 use crate::lifecycle::{Lifecycle, Reaper};
+use crate::orchestrator::kube::{Kube, KubeSettings};
 use crate::orchestrator::local::Local;
 use crate::orchestrator::Orchestrator;
 use crate::registry::{Instance, Registry};
@@ -94,11 +95,19 @@ fn public_url(cfg: &ServeConfig, addr: SocketAddr) -> Result<(String, String), S
     Ok((url, host))
 }
 
+fn kube_settings(cfg: &ServeConfig) -> KubeSettings {
+    KubeSettings {
+        namespace: cfg.namespace.clone(),
+        installer_image: cfg.installer_image.clone(),
+        storage_class: cfg.storage_class.clone(),
+        workspace_access_mode: cfg.workspace_access_mode.clone(),
+        config_storage: cfg.config_storage.clone(),
+        download_url: cfg.vscode_download_url.clone(),
+    }
+}
+
 impl App {
     pub async fn build(cfg: ServeConfig) -> Result<Self, StartupError> {
-        if cfg.backend == Backend::Kube {
-            return Err(StartupError::UnsupportedBackend("kube"));
-        }
         let data_dir = cfg.data_dir();
         std::fs::create_dir_all(&data_dir).map_err(data_err(&data_dir))?;
         {
@@ -138,8 +147,12 @@ impl App {
             .unwrap_or(certs.ca_cert.clone());
 
         let (token, token_file) = admin_token(&cfg, &data_dir)?;
-        let orchestrator: Arc<dyn Orchestrator> =
-            Arc::new(Local::new(data_dir.clone(), cfg.runtime())?);
+        let orchestrator: Arc<dyn Orchestrator> = match cfg.backend {
+            Backend::Local => Arc::new(Local::new(data_dir.clone(), cfg.runtime())?),
+            Backend::Kube => {
+                Arc::new(Kube::connect(cfg.kubeconfig.as_deref(), kube_settings(&cfg)).await?)
+            }
+        };
         let registry = Arc::new(Registry::new());
         for rec in orchestrator.load().await? {
             registry.insert(Arc::new(Instance::from_record(rec, State::Stopped)));
@@ -199,6 +212,7 @@ impl App {
         let reaper = Reaper::new(self.lifecycle.clone(), self.cfg.reap_interval);
         let shared = self.shared.clone();
         let reaper = tokio::spawn(reaper.run(move || shared.auth_failures.retain_recent()));
+        let follower = tokio::spawn(self.lifecycle.clone().follow());
         server::run(
             self.listener,
             self.tls,
@@ -211,7 +225,10 @@ impl App {
         )
         .await;
         let _ = reaper.await;
-        self.lifecycle.stop_all("shutdown").await;
+        let _ = follower.await;
+        if self.lifecycle.orchestrator.instances_end_with_server() {
+            self.lifecycle.stop_all("shutdown").await;
+        }
         for inst in self.lifecycle.registry.all() {
             let _ = self.lifecycle.orchestrator.save(&inst.record()).await;
         }

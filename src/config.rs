@@ -48,6 +48,21 @@ pub enum Command {
         #[command(flatten)]
         client: ClientConfig,
     },
+    /// Download the VS Code CLI for a version into a directory, once (the instance pods' init
+    /// container runs this).
+    InstallCli {
+        #[arg(long, env = "VOD_VSCODE_VERSION")]
+        version: String,
+        /// Directory that receives `vscode-cli/<version>/code`.
+        #[arg(long)]
+        dest: PathBuf,
+        #[arg(
+            long,
+            env = "VOD_VSCODE_DOWNLOAD_URL",
+            default_value = "https://update.code.visualstudio.com"
+        )]
+        download_url: String,
+    },
     /// Generate a CA and server certificate into a directory (kept if already there).
     Cert {
         #[arg(long, default_value = "certs")]
@@ -68,7 +83,7 @@ pub fn default_hosts() -> Vec<String> {
 pub enum Backend {
     /// Instances are child processes on this machine.
     Local,
-    /// Instances are Kubernetes Deployments (not available in this build yet).
+    /// Instances are Kubernetes Deployments.
     Kube,
 }
 
@@ -150,6 +165,30 @@ pub struct ServeConfig {
     /// Failed token checks allowed per client address per minute before 429.
     #[arg(long, env = "VOD_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
     pub auth_failures_per_minute: u32,
+    /// Kubernetes namespace of the instances (kube backend).
+    #[arg(long, env = "VOD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// kubeconfig to use [default: in-cluster service account, else $KUBECONFIG or
+    /// ~/.kube/config].
+    #[arg(long, env = "VOD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Image of this program, run as the instance pods' init container to fetch VS Code.
+    #[arg(
+        long,
+        env = "VOD_INSTALLER_IMAGE",
+        default_value = "vscode-on-demand:latest"
+    )]
+    pub installer_image: String,
+    /// Storage class of the instance volumes [default: the cluster's default].
+    #[arg(long, env = "VOD_STORAGE_CLASS")]
+    pub storage_class: Option<String>,
+    /// Access mode of workspace volumes. With ReadWriteOnce a user's pods are kept on the node
+    /// that has the volume.
+    #[arg(long, env = "VOD_WORKSPACE_ACCESS_MODE", default_value = "ReadWriteOnce", value_parser = ["ReadWriteOnce", "ReadWriteMany"])]
+    pub workspace_access_mode: String,
+    /// Size of each instance's config volume (VS Code CLI, settings, extensions).
+    #[arg(long, env = "VOD_CONFIG_STORAGE", default_value = "2Gi")]
+    pub config_storage: String,
     /// How long shutdown waits for open connections to finish.
     #[arg(long, env = "VOD_DRAIN_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub drain_timeout: Duration,

@@ -23,8 +23,6 @@ pub enum StartupError {
     Tls(#[from] TlsError),
     #[error("backend: {0}")]
     Backend(#[from] OrchestratorError),
-    #[error("the {0} backend is not available in this build; use --backend local")]
-    UnsupportedBackend(&'static str),
     #[error("the admin token must be at least 16 characters of printable ASCII")]
     WeakToken,
 }

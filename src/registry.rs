@@ -120,6 +120,11 @@ impl Instance {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// Takes activity seen by another server into account.
+    pub fn observe_activity(&self, ms: u64) {
+        self.last_activity_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
     pub fn last_activity_ms(&self) -> u64 {
         self.last_activity_ms.load(Ordering::Relaxed)
     }

@@ -18,20 +18,44 @@ async fn token_is_exchanged_for_a_path_scoped_cookie_and_removed_from_the_url() 
     let f = Fixture::new(0, &[]);
     let s = &f.server;
     let c = s.create(json!({"user_id": "alice"})).await;
-    let path = format!("/instances/{}/some/page?folder=/w&tkn={}&x=1", c.id, c.token);
-    let resp = s.send(s.request(Method::GET, &path).body(Full::default()).unwrap()).await;
+    let path = format!(
+        "/instances/{}/some/page?folder=/w&tkn={}&x=1",
+        c.id, c.token
+    );
+    let resp = s
+        .send(s.request(Method::GET, &path).body(Full::default()).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let h = resp.headers();
-    assert_eq!(h["location"], format!("/instances/{}/some/page?folder=/w&x=1", c.id));
+    assert_eq!(
+        h["location"],
+        format!("/instances/{}/some/page?folder=/w&x=1", c.id)
+    );
     assert_eq!(h["referrer-policy"], "no-referrer");
     let cookie = h["set-cookie"].to_str().unwrap();
-    for part in ["vod_tkn=", "HttpOnly", "Secure", "SameSite=Lax", &format!("Path=/instances/{}/", c.id)] {
+    for part in [
+        "vod_tkn=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        &format!("Path=/instances/{}/", c.id),
+    ] {
         assert!(cookie.contains(part), "{cookie} lacks {part}");
     }
-    assert_eq!(s.state(&c.id).await, "Stopped", "the exchange alone starts nothing");
+    assert_eq!(
+        s.state(&c.id).await,
+        "Stopped",
+        "the exchange alone starts nothing"
+    );
 
     let wrong = format!("/instances/{}/?tkn={}", c.id, "0".repeat(64));
-    let resp = s.send(s.request(Method::GET, &wrong).body(Full::default()).unwrap()).await;
+    let resp = s
+        .send(
+            s.request(Method::GET, &wrong)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().get("set-cookie").is_none());
 }
@@ -54,19 +78,42 @@ async fn missing_or_wrong_credentials_are_refused_then_rate_limited() {
     };
     let r = s.send(get(None, true)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(body_text(r).await.contains("access token"), "a page for browsers");
+    assert!(
+        body_text(r).await.contains("access token"),
+        "a page for browsers"
+    );
     let r = s.send(get(None, false)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(body_json(r).await["error"], "unauthorized");
-    let r = s.send(get(Some(format!("vod_tkn={}", other.token)), false)).await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "another instance's token does not open this one");
+    let r = s
+        .send(get(Some(format!("vod_tkn={}", other.token)), false))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "another instance's token does not open this one"
+    );
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(s.send(get(Some("vod_tkn=guess".into()), false)).await.status());
+        statuses.push(
+            s.send(get(Some("vod_tkn=guess".into()), false))
+                .await
+                .status(),
+        );
     }
-    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
-    assert_eq!(s.state(&c.id).await, "Stopped", "nothing unauthenticated started the instance");
-    let r = s.send(get(Some(format!("vod_tkn={}", c.token)), false)).await;
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        s.state(&c.id).await,
+        "Stopped",
+        "nothing unauthenticated started the instance"
+    );
+    let r = s
+        .send(get(Some(format!("vod_tkn={}", c.token)), false))
+        .await;
     assert_eq!(r.status(), StatusCode::OK, "valid credentials still work");
 }
 
@@ -85,17 +132,32 @@ async fn paths_that_do_not_name_exactly_one_instance_are_refused() {
         "/instances/a_b/".into(),
     ] {
         let r = s
-            .send(s.request(Method::GET, &bad).header("cookie", format!("vod_tkn={}", c.token)).body(Full::default()).unwrap())
+            .send(
+                s.request(Method::GET, &bad)
+                    .header("cookie", format!("vod_tkn={}", c.token))
+                    .body(Full::default())
+                    .unwrap(),
+            )
             .await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(body_json(r).await["error"], "bad_path");
     }
-    assert_eq!(f.dir.path().join("starts").exists(), false, "no bad path reached an instance");
+    assert!(
+        !f.dir.path().join("starts").exists(),
+        "no bad path reached an instance"
+    );
     let bare = s
-        .send(s.request(Method::GET, &format!("/instances/{}?a=1", c.id)).body(Full::default()).unwrap())
+        .send(
+            s.request(Method::GET, &format!("/instances/{}?a=1", c.id))
+                .body(Full::default())
+                .unwrap(),
+        )
         .await;
     assert_eq!(bare.status(), StatusCode::PERMANENT_REDIRECT);
-    assert_eq!(bare.headers()["location"], format!("/instances/{}/?a=1", c.id));
+    assert_eq!(
+        bare.headers()["location"],
+        format!("/instances/{}/?a=1", c.id)
+    );
 }
 
 #[tokio::test]
@@ -105,25 +167,44 @@ async fn requests_are_rewritten_streamed_and_served_over_http2() {
     let c = s.create(json!({"user_id": "alice"})).await;
     let req = s
         .request(Method::POST, &format!("/instances/{}/echo/x?q=1", c.id))
-        .header("cookie", format!("theme=dark; vod_tkn={}; lang=en", c.token))
+        .header(
+            "cookie",
+            format!("theme=dark; vod_tkn={}; lang=en", c.token),
+        )
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "secret")
         .header("x-forwarded-for", "6.6.6.6")
         .body(Full::new(Bytes::from_static(b"hello body")))
         .unwrap();
     let r = s.send(req).await;
-    assert_eq!(r.status(), StatusCode::OK, "a script request waits for the start");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "a script request waits for the start"
+    );
     let v = body_json(r).await;
     assert_eq!(v["method"], "POST");
-    assert_eq!(v["path"], "/echo/x?q=1", "the /instances/<id> prefix is removed for this runtime");
+    assert_eq!(
+        v["path"], "/echo/x?q=1",
+        "the /instances/<id> prefix is removed for this runtime"
+    );
     assert_eq!(v["body_len"], 10);
     let h = &v["headers"];
-    assert_eq!(h["cookie"], "theme=dark; lang=en", "our cookie never reaches the instance");
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "client-sent values are replaced");
+    assert_eq!(
+        h["cookie"], "theme=dark; lang=en",
+        "our cookie never reaches the instance"
+    );
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "client-sent values are replaced"
+    );
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], s.host.as_str());
     assert_eq!(h["host"], s.host.as_str());
-    assert!(h.get("x-hop").is_none() && h.get("connection").is_none(), "{h}");
+    assert!(
+        h.get("x-hop").is_none() && h.get("connection").is_none(),
+        "{h}"
+    );
 
     // Streaming: the first chunk arrives while the instance is still producing the rest.
     let r = s.fetch(&c, Method::GET, "/stream", "").await;
@@ -135,7 +216,10 @@ async fn requests_are_rewritten_streamed_and_served_over_http2() {
     let rest = body.collect().await.unwrap().to_bytes();
     let all_at = t0.elapsed();
     assert_eq!(&rest[..], b"chunk-1\nchunk-2\nchunk-3\nchunk-4\n");
-    assert!(all_at - first_at >= Duration::from_millis(600), "chunks were not buffered: first {first_at:?}, all {all_at:?}");
+    assert!(
+        all_at - first_at >= Duration::from_millis(600),
+        "chunks were not buffered: first {first_at:?}, all {all_at:?}"
+    );
 
     // Uploads stream too: 8 MiB, counted by the instance.
     let big = "x".repeat(8 << 20);
@@ -146,16 +230,23 @@ async fn requests_are_rewritten_streamed_and_served_over_http2() {
 
     let r = s
         .send_h2(
-            s.request(Method::GET, &format!("https://{}/instances/{}/echo/h2", s.host, c.id))
-                .header("cookie", format!("vod_tkn={}", c.token))
-                .body(Full::default())
-                .unwrap(),
+            s.request(
+                Method::GET,
+                &format!("https://{}/instances/{}/echo/h2", s.host, c.id),
+            )
+            .header("cookie", format!("vod_tkn={}", c.token))
+            .body(Full::default())
+            .unwrap(),
         )
         .await;
     assert_eq!(r.version(), http::Version::HTTP_2);
     let v = body_json(r).await;
     assert_eq!(v["path"], "/echo/h2");
-    assert_eq!(v["headers"]["host"], s.host.as_str(), "HTTP/2 authority becomes the upstream Host");
+    assert_eq!(
+        v["headers"]["host"],
+        s.host.as_str(),
+        "HTTP/2 authority becomes the upstream Host"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +258,10 @@ async fn websockets_are_spliced_and_need_this_hosts_origin() {
     let cookie = format!("vod_tkn={}; other=1", c.token);
     let origin = format!("https://{}", s.host);
 
-    let err = s.websocket(&path, Some(&cookie), Some("https://evil.example")).await.unwrap_err();
+    let err = s
+        .websocket(&path, Some(&cookie), Some("https://evil.example"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");
     let err = s.websocket(&path, Some(&cookie), None).await.unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");
@@ -175,15 +269,22 @@ async fn websockets_are_spliced_and_need_this_hosts_origin() {
     assert!(err.to_string().contains("401"), "{err}");
 
     // The instance is stopped: the upgrade is held until it runs, then spliced.
-    let mut ws = s.websocket(&path, Some(&cookie), Some(&origin)).await.unwrap();
+    let mut ws = s
+        .websocket(&path, Some(&cookie), Some(&origin))
+        .await
+        .unwrap();
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     let big = vec![7u8; 1 << 20];
     ws.send(Message::binary(big.clone())).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap().into_data().to_vec(), big);
     ws.send(Message::text("whoami")).await.unwrap();
-    let who: serde_json::Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    let who: serde_json::Value =
+        serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
     assert_eq!(who["origin"], origin.as_str());
-    assert_eq!(who["cookie"], "other=1", "our cookie is stripped from the upgrade too");
+    assert_eq!(
+        who["cookie"], "other=1",
+        "our cookie is stripped from the upgrade too"
+    );
     ws.close(None).await.unwrap();
 }

@@ -256,7 +256,7 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
             }
             (client, v)
         }
-        Command::Serve(_) | Command::Cert { .. } => return Ok(()),
+        Command::Serve(_) | Command::Cert { .. } | Command::InstallCli { .. } => return Ok(()),
     };
     if client.json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -284,4 +284,20 @@ fn create_body(a: &CreateArgs) -> Value {
         v["idle_timeout"] = json!(t);
     }
     v
+}
+
+/// Downloads the VS Code CLI for `version` into `dest` unless it is already there.
+pub async fn install_cli(
+    download_url: &str,
+    version: &str,
+    dest: &std::path::Path,
+) -> Result<PathBuf, CliError> {
+    let http = Outbound::new(
+        system_roots(),
+        crate::orchestrator::runtime::DOWNLOAD_TIMEOUT,
+        512 << 20,
+    );
+    crate::orchestrator::runtime::download_cli(download_url, version, dest, &http)
+        .await
+        .map_err(|e| CliError::Setup(e.to_string()))
 }

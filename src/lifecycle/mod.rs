@@ -6,7 +6,7 @@ mod reaper;
 pub use reaper::{is_idle, Reaper};
 
 use crate::instance::{State, Upstream};
-use crate::orchestrator::Orchestrator;
+use crate::orchestrator::{Observed, Orchestrator};
 use crate::registry::{Instance, Registry, Status};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,7 +99,9 @@ impl Lifecycle {
                 }
                 inst.touch();
                 tracing::info!(instance = %inst.id, addr = %upstream.addr, "running");
-                self.watch_exit(inst, started.exited);
+                if let Some(exited) = started.exited {
+                    self.watch_exit(inst, exited);
+                }
             }
             Err(reason) => {
                 tracing::warn!(instance = %inst.id, %reason, "start failed");
@@ -204,6 +206,85 @@ impl Lifecycle {
             tracing::warn!(instance = %inst.id, error = %e, "saving instance state failed");
         }
         true
+    }
+
+    /// Follows changes the backend observes (other servers creating, scaling or deleting
+    /// instances) until shutdown.
+    pub async fn follow(self: Arc<Self>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let orchestrator = self.orchestrator.clone();
+        let shutdown = self.shutdown.clone();
+        let observer = tokio::spawn(async move {
+            tokio::select! {
+                () = orchestrator.observe(tx) => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+        while let Some(seen) = tokio::select! {
+            s = rx.recv() => s,
+            () = self.shutdown.cancelled() => None,
+        } {
+            self.apply(seen);
+        }
+        observer.abort();
+    }
+
+    fn apply(&self, seen: Observed) {
+        match seen {
+            Observed::Present { record, scaled_up } => match self.registry.get(&record.instance_id)
+            {
+                None => {
+                    tracing::info!(instance = %record.instance_id, "instance found in the backend");
+                    self.registry
+                        .insert(Arc::new(Instance::from_record(*record, State::Stopped)));
+                }
+                Some(inst) => {
+                    inst.observe_activity(record.last_activity_ms);
+                    if !scaled_up {
+                        let reason = record.stop_reason.unwrap_or_else(|| "scaled down".into());
+                        inst.update(|s| {
+                            if s.state == State::Running {
+                                s.state = State::Stopped;
+                                s.upstream = None;
+                                s.message = String::new();
+                                s.stop_reason = Some(reason);
+                                true
+                            } else {
+                                false
+                            }
+                        });
+                    }
+                }
+            },
+            Observed::Gone(id) => {
+                if let Some(inst) = self.registry.remove(&id) {
+                    tracing::info!(instance = %id, "instance deleted in the backend");
+                    inst.update(|s| {
+                        s.state = State::Stopped;
+                        s.upstream = None;
+                        s.stop_reason = Some("deleted".into());
+                        true
+                    });
+                }
+            }
+            Observed::Lost { id, addr } => {
+                if let Some(inst) = self.registry.get(&id) {
+                    let lost = inst.update(|s| {
+                        if s.state == State::Running && s.upstream.is_some_and(|u| u.addr == addr) {
+                            s.state = State::Stopped;
+                            s.upstream = None;
+                            s.message = "its pod went away".into();
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                    if lost {
+                        tracing::info!(instance = %id, %addr, "instance no longer serving there");
+                    }
+                }
+            }
+        }
     }
 
     /// Stops every instance: the local backend's processes must not outlive the server.

@@ -21,8 +21,6 @@ pub fn is_idle(
 pub struct Reaper {
     lifecycle: Arc<Lifecycle>,
     interval: Duration,
-    /// How often activity is written to the backend, so a restarted server keeps it.
-    persist_every: Duration,
 }
 
 impl Reaper {
@@ -30,15 +28,14 @@ impl Reaper {
         Self {
             lifecycle,
             interval,
-            persist_every: Duration::from_secs(60),
         }
     }
 
-    /// Runs until shutdown.
+    /// Runs until shutdown. Each tick also writes changed activity to the backend (at most once
+    /// per instance per tick), so a restarted server, or another replica, knows it.
     pub async fn run(self, on_tick: impl Fn() + Send) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_persist = tokio::time::Instant::now();
         let mut persisted: std::collections::HashMap<String, u64> = Default::default();
         loop {
             tokio::select! {
@@ -46,17 +43,18 @@ impl Reaper {
                 () = self.lifecycle.shutdown.cancelled() => return,
             }
             on_tick();
-            self.reap_once().await;
-            if last_persist.elapsed() >= self.persist_every {
-                last_persist = tokio::time::Instant::now();
-                for inst in self.lifecycle.registry.all() {
-                    let last = inst.last_activity_ms();
-                    if persisted.get(inst.id.as_str()) != Some(&last) {
-                        persisted.insert(inst.id.to_string(), last);
-                        let _ = self.lifecycle.orchestrator.save(&inst.record()).await;
+            for inst in self.lifecycle.registry.all() {
+                let last = inst.last_activity_ms();
+                if persisted.get(inst.id.as_str()) != Some(&last) {
+                    persisted.insert(inst.id.to_string(), last);
+                    if let Err(e) = self.lifecycle.orchestrator.save(&inst.record()).await {
+                        tracing::debug!(instance = %inst.id, error = %e, "saving activity failed");
                     }
                 }
-                persisted.retain(|id, _| self.lifecycle.registry.get_str(id).is_some());
+            }
+            persisted.retain(|id, _| self.lifecycle.registry.get_str(id).is_some());
+            if self.lifecycle.orchestrator.may_reap().await {
+                self.reap_once().await;
             }
         }
     }

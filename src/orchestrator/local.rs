@@ -251,7 +251,7 @@ impl Orchestrator for Local {
                 addr: ([127, 0, 0, 1], port).into(),
                 strip_prefix: launch.strip_prefix,
             },
-            exited: exit_rx,
+            exited: Some(exit_rx),
         })
     }
 
@@ -282,6 +282,10 @@ impl Orchestrator for Local {
             }
             _ => Ok(()),
         }
+    }
+
+    fn instances_end_with_server(&self) -> bool {
+        true
     }
 
     async fn workspace(&self, user: &UserId) -> Result<WorkspaceInfo> {

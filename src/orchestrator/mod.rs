@@ -1,11 +1,12 @@
 //! Where instances actually run. The [`Orchestrator`] trait is all the layers above know;
-//! `local` runs instances as child processes of this server.
+//! `local` runs instances as child processes of this server, `kube` as Kubernetes Deployments.
 
+pub mod kube;
 pub mod local;
+pub mod runtime;
 mod store;
 
 pub use store::write_private;
-pub mod runtime;
 
 use crate::instance::{InstanceId, InstanceRecord, Upstream, UserId};
 use async_trait::async_trait;
@@ -29,6 +30,8 @@ pub enum OrchestratorError {
     StartFailed(String),
     #[error("downloading VS Code: {0}")]
     Download(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
 }
 
 impl OrchestratorError {
@@ -43,11 +46,29 @@ pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
 /// Receives start progress messages, shown on the starting page and in the events stream.
 pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// A started instance: where it serves, and a signal that resolves (with a reason) if it exits
-/// on its own.
+/// A started instance: where it serves, and (for backends that notice it directly) a signal
+/// that resolves with a reason if it exits on its own.
 pub struct Started {
     pub upstream: Upstream,
-    pub exited: oneshot::Receiver<String>,
+    pub exited: Option<oneshot::Receiver<String>>,
+}
+
+/// What a backend that is shared with other servers sees change, for the registry to follow.
+#[derive(Debug)]
+pub enum Observed {
+    /// An instance exists (possibly created by another server); `scaled_up` says whether it
+    /// is meant to run.
+    Present {
+        record: Box<InstanceRecord>,
+        scaled_up: bool,
+    },
+    /// The instance was deleted.
+    Gone(InstanceId),
+    /// The instance no longer serves at `addr` (its pod went away or is not ready).
+    Lost {
+        id: InstanceId,
+        addr: std::net::SocketAddr,
+    },
 }
 
 /// Facts about a user's persistent workspace.
@@ -73,4 +94,15 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Removes the instance's own resources; never the user's workspace.
     async fn delete(&self, id: &InstanceId) -> Result<()>;
     async fn workspace(&self, user: &UserId) -> Result<WorkspaceInfo>;
+    /// Reports changes made outside this server until the sender is dropped; backends whose
+    /// state only this server changes have nothing to report.
+    async fn observe(&self, _tx: tokio::sync::mpsc::Sender<Observed>) {}
+    /// Whether instances end with this server (child processes) rather than outliving it.
+    fn instances_end_with_server(&self) -> bool {
+        false
+    }
+    /// Whether this server may stop idle instances now; with several servers only one does.
+    async fn may_reap(&self) -> bool {
+        true
+    }
 }

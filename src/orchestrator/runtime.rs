@@ -222,7 +222,7 @@ fn command(template: Option<&str>, ctx: &LaunchContext<'_>) -> Result<Launch> {
 
 /// Downloads the VS Code CLI for `version` once into the cache, atomically (a half-finished
 /// download never looks like a cached one).
-async fn download_cli(
+pub async fn download_cli(
     base: &str,
     version: &str,
     cache: &Path,

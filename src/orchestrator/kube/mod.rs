@@ -1,0 +1,507 @@
+//! The Kubernetes backend: instances are Deployments scaled between 0 and 1 replicas, with a
+//! Service, a token Secret and a config PVC owned by the Deployment (so deleting it is one
+//! call), and one workspace PVC per user that nothing owns. Kubernetes is the state: this
+//! module reads instances back from labelled objects and reports changes made by other servers
+//! through [`Orchestrator::observe`]. The only module that knows Kubernetes.
+
+mod lease;
+pub mod objects;
+
+use super::{Observed, Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
+use crate::instance::{AccessToken, InstanceId, InstanceRecord, InstanceSpec, Upstream, UserId};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+use objects::*;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use objects::KubeSettings;
+
+const POLL: Duration = Duration::from_millis(250);
+const STOP_WAIT: Duration = Duration::from_secs(60);
+/// Container states that will not fix themselves: a start fails at once with the reason.
+const FATAL_WAITING: [&str; 5] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CrashLoopBackOff",
+];
+
+fn kerr(context: &str) -> impl FnOnce(kube::Error) -> OrchestratorError + '_ {
+    move |e| OrchestratorError::Kube(format!("{context}: {e}"))
+}
+
+pub struct Kube {
+    client: Client,
+    settings: KubeSettings,
+    identity: String,
+    tokens: Mutex<HashMap<String, AccessToken>>,
+}
+
+impl Kube {
+    /// Connects with the given kubeconfig, else the in-cluster service account (or
+    /// `$KUBECONFIG`/`~/.kube/config` as kube's defaults find them).
+    pub async fn connect(
+        kubeconfig: Option<&std::path::Path>,
+        settings: KubeSettings,
+    ) -> Result<Self> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                    OrchestratorError::Kube(format!("reading {}: {e}", path.display()))
+                })?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .map_err(|e| {
+                        OrchestratorError::Kube(format!("kubeconfig {}: {e}", path.display()))
+                    })?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| OrchestratorError::Kube(format!("no cluster configuration: {e}")))?,
+        };
+        let client = Client::try_from(config).map_err(kerr("building the client"))?;
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("vscode-on-demand-{:08x}", rand::random::<u32>()));
+        Ok(Self {
+            client,
+            settings,
+            identity,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.settings.namespace)
+    }
+
+    fn apply_params() -> PatchParams {
+        PatchParams::apply(MANAGER).force()
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<AccessToken>> {
+        if let Some(t) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(Some(t.clone()));
+        }
+        let secret = self
+            .api::<Secret>()
+            .get_opt(&secret_name(id))
+            .await
+            .map_err(kerr("reading a token Secret"))?;
+        let token = secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get("token").cloned())
+            .and_then(|b| String::from_utf8(b.0).ok())
+            .map(AccessToken::from_secret);
+        if let Some(t) = &token {
+            self.tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_owned(), t.clone());
+        }
+        Ok(token)
+    }
+
+    /// Reads an instance back from its Deployment (and token Secret).
+    async fn record_of(&self, d: &Deployment) -> Result<Option<(InstanceRecord, bool)>> {
+        let meta = &d.metadata;
+        let labels = meta.labels.clone().unwrap_or_default();
+        let annotations = meta.annotations.clone().unwrap_or_default();
+        let Some(id) = labels
+            .get(INSTANCE_LABEL)
+            .and_then(|i| InstanceId::parse(i).ok())
+        else {
+            return Ok(None);
+        };
+        let Some(spec) = annotations
+            .get(SPEC_ANNOTATION)
+            .and_then(|s| serde_json::from_str::<InstanceSpec>(s).ok())
+        else {
+            return Ok(None);
+        };
+        let Some(token) = self.token(id.as_str()).await? else {
+            return Ok(None);
+        };
+        let created_at = annotations
+            .get(CREATED_ANNOTATION)
+            .and_then(|c| c.parse().ok())
+            .or_else(|| {
+                meta.creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.as_second().max(0) as u64)
+            })
+            .unwrap_or(0);
+        let scaled_up = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0;
+        let rec = InstanceRecord {
+            user_id: id.user(),
+            instance_id: id,
+            spec,
+            access_token: token,
+            created_at,
+            last_activity_ms: annotations
+                .get(ACTIVITY_ANNOTATION)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            stop_reason: annotations.get(STOP_REASON_ANNOTATION).cloned(),
+        };
+        Ok(Some((rec, scaled_up)))
+    }
+
+    async fn scale(&self, id: &InstanceId, replicas: u8) -> Result<()> {
+        let patch = json!({ "spec": { "replicas": replicas } });
+        self.api::<Deployment>()
+            .patch(
+                &deployment_name(id.as_str()),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(kerr("scaling the Deployment"))?;
+        Ok(())
+    }
+
+    async fn pods(&self, id: &InstanceId) -> Result<Vec<Pod>> {
+        let lp = ListParams::default().labels(&format!("{INSTANCE_LABEL}={id}"));
+        Ok(self
+            .api::<Pod>()
+            .list(&lp)
+            .await
+            .map_err(kerr("listing pods"))?
+            .items)
+    }
+
+    /// The newest event about `pod`, as a progress line.
+    async fn latest_event(&self, pod: &str) -> Option<String> {
+        let lp = ListParams::default().fields(&format!("involvedObject.name={pod}"));
+        let events = self.api::<Event>().list(&lp).await.ok()?.items;
+        events
+            .into_iter()
+            .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+            .and_then(|e| Some(format!("{}: {}", e.reason?, e.message.unwrap_or_default())))
+    }
+}
+
+/// Where a pod serves once it is ready and not going away.
+fn ready_addr(pod: &Pod) -> Option<SocketAddr> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ip: std::net::IpAddr = status.pod_ip.as_ref()?.parse().ok()?;
+    ready.then_some(SocketAddr::new(ip, PORT))
+}
+
+/// A stage of a pod's start, for people; or the reason it cannot start.
+fn pod_progress(pod: &Pod) -> std::result::Result<String, String> {
+    let Some(status) = &pod.status else {
+        return Ok("waiting for a node".into());
+    };
+    let waiting = |list: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
+        list.iter().flatten().find_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            Some((
+                c.name.clone(),
+                w.reason.clone().unwrap_or_default(),
+                w.message.clone().unwrap_or_default(),
+            ))
+        })
+    };
+    for (name, reason, message) in waiting(&status.init_container_statuses)
+        .into_iter()
+        .chain(waiting(&status.container_statuses))
+    {
+        if FATAL_WAITING.contains(&reason.as_str()) {
+            return Err(format!("container {name}: {reason} {message}")
+                .trim()
+                .to_owned());
+        }
+    }
+    let initializing = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+    if initializing {
+        return Ok("installing VS Code".into());
+    }
+    let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref());
+    Ok(match (scheduled, status.phase.as_deref()) {
+        (None, _) => "waiting for a node".into(),
+        (Some(node), Some("Pending")) => {
+            format!("scheduled on {node}; preparing volumes and images")
+        }
+        (Some(_), Some("Running")) => "VS Code is starting".into(),
+        (Some(_), phase) => format!("pod is {}", phase.unwrap_or("unknown")),
+    })
+}
+
+#[async_trait]
+impl Orchestrator for Kube {
+    async fn load(&self) -> Result<Vec<InstanceRecord>> {
+        let lp = ListParams::default().labels(&selector());
+        let deployments = self
+            .api::<Deployment>()
+            .list(&lp)
+            .await
+            .map_err(kerr("listing instances"))?;
+        let mut out = Vec::new();
+        for d in &deployments.items {
+            if let Some((rec, _)) = self.record_of(d).await? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, rec: &InstanceRecord) -> Result<()> {
+        let s = &self.settings;
+        let pvcs = self.api::<PersistentVolumeClaim>();
+        let ws = workspace_claim(&rec.user_id);
+        // The workspace is created once and then left alone: its size is fixed by the user's
+        // first instance and no later apply may change it.
+        if pvcs
+            .get_opt(&ws)
+            .await
+            .map_err(kerr("reading the workspace claim"))?
+            .is_none()
+        {
+            pvcs.patch(
+                &ws,
+                &Self::apply_params(),
+                &Patch::Apply(workspace_pvc(rec, s)),
+            )
+            .await
+            .map_err(kerr("creating the workspace claim"))?;
+        }
+        let id = rec.instance_id.as_str();
+        let d = self
+            .api::<Deployment>()
+            .patch(
+                &deployment_name(id),
+                &Self::apply_params(),
+                &Patch::Apply(deployment(rec, s, 0)),
+            )
+            .await
+            .map_err(kerr("creating the Deployment"))?;
+        let uid = d.metadata.uid.unwrap_or_default();
+        let owned = async {
+            self.api::<Secret>()
+                .patch(
+                    &secret_name(id),
+                    &Self::apply_params(),
+                    &Patch::Apply(secret(rec, s, &uid)),
+                )
+                .await
+                .map_err(kerr("creating the token Secret"))?;
+            self.api::<k8s_openapi::api::core::v1::Service>()
+                .patch(
+                    &deployment_name(id),
+                    &Self::apply_params(),
+                    &Patch::Apply(service(rec, s, &uid)),
+                )
+                .await
+                .map_err(kerr("creating the Service"))?;
+            pvcs.patch(
+                &config_claim(id),
+                &Self::apply_params(),
+                &Patch::Apply(config_pvc(rec, s, &uid)),
+            )
+            .await
+            .map_err(kerr("creating the config claim"))?;
+            Ok(())
+        };
+        if let Err(e) = owned.await {
+            // Nothing half-created: the Deployment owns whatever else was made.
+            let _ = self.delete(&rec.instance_id).await;
+            return Err(e);
+        }
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), rec.access_token.clone());
+        Ok(())
+    }
+
+    async fn save(&self, rec: &InstanceRecord) -> Result<()> {
+        let patch = json!({ "metadata": { "annotations": {
+            ACTIVITY_ANNOTATION: rec.last_activity_ms.to_string(),
+            STOP_REASON_ANNOTATION: rec.stop_reason,
+        }}});
+        self.api::<Deployment>()
+            .patch(
+                &deployment_name(rec.instance_id.as_str()),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(kerr("recording activity"))?;
+        Ok(())
+    }
+
+    async fn start(&self, rec: &InstanceRecord, progress: Progress) -> Result<Started> {
+        let id = &rec.instance_id;
+        progress("scaling up");
+        self.scale(id, 1).await?;
+        loop {
+            let pods = self.pods(id).await?;
+            if let Some(addr) = pods.iter().find_map(ready_addr) {
+                return Ok(Started {
+                    upstream: Upstream {
+                        addr,
+                        strip_prefix: false,
+                    },
+                    exited: None,
+                });
+            }
+            match pods
+                .iter()
+                .find(|p| p.metadata.deletion_timestamp.is_none())
+            {
+                None => progress("waiting for the pod to be created"),
+                Some(pod) => match pod_progress(pod) {
+                    Err(reason) => return Err(OrchestratorError::StartFailed(reason)),
+                    Ok(stage) => {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        match self.latest_event(&name).await {
+                            Some(ev) => progress(&format!("{stage} ({ev})")),
+                            None => progress(&stage),
+                        }
+                    }
+                },
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn stop(&self, id: &InstanceId) -> Result<()> {
+        self.scale(id, 0).await?;
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if self.pods(id).await?.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        tracing::warn!(instance = %id, "pods still terminating after the stop wait");
+        Ok(())
+    }
+
+    async fn delete(&self, id: &InstanceId) -> Result<()> {
+        match self
+            .api::<Deployment>()
+            .delete(&deployment_name(id.as_str()), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(kerr("deleting the Deployment")(e)),
+        }
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id.as_str());
+        Ok(())
+    }
+
+    async fn workspace(&self, user: &UserId) -> Result<WorkspaceInfo> {
+        let pvc = self
+            .api::<PersistentVolumeClaim>()
+            .get_opt(&workspace_claim(user))
+            .await
+            .map_err(kerr("reading the workspace claim"))?;
+        Ok(WorkspaceInfo {
+            exists: pvc.is_some(),
+            created_at: pvc
+                .and_then(|p| p.metadata.creation_timestamp)
+                .map(|t| t.0.as_second().max(0) as u64),
+        })
+    }
+
+    async fn observe(&self, tx: tokio::sync::mpsc::Sender<Observed>) {
+        let cfg = watcher::Config::default().labels(&selector());
+        let deployments = watcher(self.api::<Deployment>(), cfg.clone()).default_backoff();
+        let pods = watcher(self.api::<Pod>(), cfg).default_backoff();
+        let mut deployments = std::pin::pin!(deployments);
+        let mut pods = std::pin::pin!(pods);
+        loop {
+            let seen = tokio::select! {
+                ev = deployments.next() => match ev {
+                    Some(Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d))) => match self.record_of(&d).await {
+                        Ok(Some((record, scaled_up))) => Some(Observed::Present { record: Box::new(record), scaled_up }),
+                        _ => None,
+                    },
+                    Some(Ok(watcher::Event::Delete(d))) => d
+                        .metadata
+                        .labels
+                        .and_then(|l| l.get(INSTANCE_LABEL).and_then(|i| InstanceId::parse(i).ok()))
+                        .map(Observed::Gone),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watching instances");
+                        None
+                    }
+                    Some(Ok(_)) => None,
+                    None => return,
+                },
+                ev = pods.next() => match ev {
+                    Some(Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p))) => lost(&p),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watching instance pods");
+                        None
+                    }
+                    Some(Ok(_)) => None,
+                    None => return,
+                },
+            };
+            if let Some(seen) = seen {
+                if tx.send(seen).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn may_reap(&self) -> bool {
+        lease::hold(&self.client, &self.settings.namespace, &self.identity).await
+    }
+}
+
+/// A pod that is going away or not ready no longer serves its address.
+fn lost(p: &Pod) -> Option<Observed> {
+    if ready_addr(p).is_some() {
+        return None;
+    }
+    let id = p
+        .metadata
+        .labels
+        .as_ref()?
+        .get(INSTANCE_LABEL)
+        .and_then(|i| InstanceId::parse(i).ok())?;
+    let ip = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+    Some(Observed::Lost {
+        id,
+        addr: SocketAddr::new(ip, PORT),
+    })
+}

@@ -1,0 +1,232 @@
+//! The Kubernetes objects of an instance, as server-side-apply documents: a Deployment (0 or 1
+//! replicas, `Recreate`), a Service, a Secret holding the access token, a config PVC, and the
+//! user's workspace PVC. Names, labels and annotations are defined here once.
+
+use crate::instance::{InstanceRecord, UserId};
+use serde_json::{json, Value};
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "vscode-on-demand";
+pub const INSTANCE_LABEL: &str = "vscode-on-demand.io/instance";
+pub const USER_LABEL: &str = "vscode-on-demand.io/user";
+pub const COMPONENT: &str = "app.kubernetes.io/component";
+pub const SPEC_ANNOTATION: &str = "vscode-on-demand.io/spec";
+pub const ACTIVITY_ANNOTATION: &str = "vscode-on-demand.io/last-activity";
+pub const STOP_REASON_ANNOTATION: &str = "vscode-on-demand.io/stop-reason";
+pub const CREATED_ANNOTATION: &str = "vscode-on-demand.io/created";
+/// The port `code serve-web` listens on inside the pod.
+pub const PORT: u16 = 8000;
+/// Where the config volume is mounted: the VS Code CLI, its data, settings and extensions.
+pub const CONFIG_MOUNT: &str = "/vscode";
+
+/// Where instances are created and how.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    pub namespace: String,
+    /// Our own image; its binary downloads the VS Code CLI in the init container.
+    pub installer_image: String,
+    pub storage_class: Option<String>,
+    /// `ReadWriteOnce` keeps a user's pods on one node (pod affinity); `ReadWriteMany` does not.
+    pub workspace_access_mode: String,
+    pub config_storage: String,
+    pub download_url: String,
+}
+
+pub fn deployment_name(id: &str) -> String {
+    format!("vsc-{id}")
+}
+
+pub fn secret_name(id: &str) -> String {
+    format!("vsc-{id}-token")
+}
+
+pub fn config_claim(id: &str) -> String {
+    format!("vsc-{id}-config")
+}
+
+pub fn workspace_claim(user: &UserId) -> String {
+    format!("vsc-ws-{user}")
+}
+
+pub fn selector() -> String {
+    format!("{MANAGED_BY}={MANAGER}")
+}
+
+fn labels(rec: &InstanceRecord) -> Value {
+    json!({
+        MANAGED_BY: MANAGER,
+        COMPONENT: "instance",
+        INSTANCE_LABEL: rec.instance_id.as_str(),
+        USER_LABEL: rec.user_id.as_str(),
+    })
+}
+
+pub fn cli_path(version: &str) -> String {
+    format!("{CONFIG_MOUNT}/vscode-cli/{version}/code")
+}
+
+fn owner(deployment: &str, uid: &str) -> Value {
+    json!([{ "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment, "uid": uid, "controller": true }])
+}
+
+pub fn deployment(rec: &InstanceRecord, s: &KubeSettings, replicas: u8) -> Value {
+    let id = rec.instance_id.as_str();
+    let spec = &rec.spec;
+    let base_path = format!("/instances/{id}");
+    let mut pod_spec = json!({
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "initContainers": [{
+            "name": "install-vscode",
+            "image": s.installer_image,
+            "command": ["/vscode-on-demand"],
+            "args": ["install-cli", "--version", spec.vscode_version, "--dest", CONFIG_MOUNT, "--download-url", s.download_url],
+            "env": [
+                { "name": "VOD_VSCODE_VERSION", "value": spec.vscode_version },
+                { "name": "VOD_VSCODE_DOWNLOAD_URL", "value": s.download_url },
+            ],
+            "volumeMounts": [{ "name": "config", "mountPath": CONFIG_MOUNT }],
+            "resources": { "requests": { "cpu": "50m", "memory": "64Mi" }, "limits": { "cpu": "1", "memory": "256Mi" } },
+            "securityContext": { "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true },
+        }],
+        "containers": [{
+            "name": "vscode",
+            "image": spec.base_image,
+            "command": [cli_path(&spec.vscode_version)],
+            "args": [
+                "--cli-data-dir", format!("{CONFIG_MOUNT}/cli-data"),
+                "serve-web", "--host", "0.0.0.0", "--port", PORT.to_string(),
+                "--without-connection-token", "--accept-server-license-terms",
+                "--server-base-path", base_path,
+                "--server-data-dir", format!("{CONFIG_MOUNT}/server-data"),
+                "--user-data-dir", format!("{CONFIG_MOUNT}/user-data"),
+                "--extensions-dir", format!("{CONFIG_MOUNT}/extensions"),
+            ],
+            "workingDir": "/workspaces",
+            "env": [
+                { "name": "VOD_INSTANCE_ID", "value": id },
+                { "name": "HOME", "value": format!("{CONFIG_MOUNT}/home") },
+            ],
+            "ports": [{ "name": "http", "containerPort": PORT, "protocol": "TCP" }],
+            "readinessProbe": {
+                "httpGet": { "path": format!("{base_path}/"), "port": PORT },
+                "periodSeconds": 2,
+                "failureThreshold": 3,
+            },
+            "resources": {
+                "requests": { "cpu": spec.cpu_request, "memory": spec.memory_request },
+                "limits": { "cpu": spec.cpu_limit, "memory": spec.memory_limit },
+            },
+            "volumeMounts": [
+                { "name": "workspace", "mountPath": "/workspaces" },
+                { "name": "config", "mountPath": CONFIG_MOUNT },
+            ],
+        }],
+        "volumes": [
+            { "name": "workspace", "persistentVolumeClaim": { "claimName": workspace_claim(&rec.user_id) } },
+            { "name": "config", "persistentVolumeClaim": { "claimName": config_claim(id) } },
+        ],
+    });
+    if s.workspace_access_mode == "ReadWriteOnce" {
+        // A ReadWriteOnce volume attaches to one node: every pod of the user goes where the
+        // others are (a pod matching its own term may start anywhere when it is the first).
+        pod_spec["affinity"] = json!({ "podAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": { "matchLabels": { USER_LABEL: rec.user_id.as_str() } },
+            "topologyKey": "kubernetes.io/hostname",
+        }]}});
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(id),
+            "namespace": s.namespace,
+            "labels": labels(rec),
+            "annotations": {
+                SPEC_ANNOTATION: serde_json::to_string(spec).unwrap_or_default(),
+                CREATED_ANNOTATION: rec.created_at.to_string(),
+                ACTIVITY_ANNOTATION: rec.last_activity_ms.to_string(),
+            },
+        },
+        "spec": {
+            "replicas": replicas,
+            "strategy": { "type": "Recreate" },
+            "selector": { "matchLabels": { INSTANCE_LABEL: id } },
+            "template": { "metadata": { "labels": labels(rec) }, "spec": pod_spec },
+        },
+    })
+}
+
+pub fn service(rec: &InstanceRecord, s: &KubeSettings, uid: &str) -> Value {
+    let id = rec.instance_id.as_str();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": deployment_name(id), "namespace": s.namespace, "labels": labels(rec), "ownerReferences": owner(&deployment_name(id), uid) },
+        "spec": {
+            "selector": { INSTANCE_LABEL: id },
+            "ports": [{ "name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP" }],
+        },
+    })
+}
+
+pub fn secret(rec: &InstanceRecord, s: &KubeSettings, uid: &str) -> Value {
+    let id = rec.instance_id.as_str();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": secret_name(id), "namespace": s.namespace, "labels": labels(rec), "ownerReferences": owner(&deployment_name(id), uid) },
+        "type": "Opaque",
+        "stringData": { "token": rec.access_token.expose() },
+    })
+}
+
+fn claim(
+    name: &str,
+    s: &KubeSettings,
+    labels: Value,
+    size: &str,
+    mode: &str,
+    owner_ref: Option<Value>,
+) -> Value {
+    let mut v = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": { "name": name, "namespace": s.namespace, "labels": labels },
+        "spec": { "accessModes": [mode], "resources": { "requests": { "storage": size } } },
+    });
+    if let Some(o) = owner_ref {
+        v["metadata"]["ownerReferences"] = o;
+    }
+    if let Some(class) = &s.storage_class {
+        v["spec"]["storageClassName"] = json!(class);
+    }
+    v
+}
+
+pub fn config_pvc(rec: &InstanceRecord, s: &KubeSettings, uid: &str) -> Value {
+    let id = rec.instance_id.as_str();
+    claim(
+        &config_claim(id),
+        s,
+        labels(rec),
+        &s.config_storage,
+        "ReadWriteOnce",
+        Some(owner(&deployment_name(id), uid)),
+    )
+}
+
+/// The user's workspace: labelled with the user only, owned by nothing, so deleting an
+/// instance never deletes it.
+pub fn workspace_pvc(rec: &InstanceRecord, s: &KubeSettings) -> Value {
+    let labels =
+        json!({ MANAGED_BY: MANAGER, COMPONENT: "workspace", USER_LABEL: rec.user_id.as_str() });
+    claim(
+        &workspace_claim(&rec.user_id),
+        s,
+        labels,
+        &rec.spec.storage_size,
+        &s.workspace_access_mode,
+        None,
+    )
+}
