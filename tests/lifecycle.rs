@@ -33,12 +33,19 @@ async fn concurrent_first_visits_start_the_instance_once() {
     for (i, (status, body)) in results.iter().enumerate() {
         assert_eq!(*status, StatusCode::OK, "visit {i}: {body}");
         if i % 4 == 0 {
-            assert!(body.contains("Starting VS Code"), "navigations get the starting page: {body}");
+            assert!(
+                body.contains("Starting VS Code"),
+                "navigations get the starting page: {body}"
+            );
         } else {
             assert_eq!(body, "hello", "script requests are held until ready");
         }
     }
-    assert_eq!(starts(&f.starts).len(), 1, "exactly one process was started");
+    assert_eq!(
+        starts(&f.starts).len(),
+        1,
+        "exactly one process was started"
+    );
     assert_eq!(s.state(&c.id).await, "Running");
 }
 
@@ -51,7 +58,10 @@ async fn starting_page_follows_progress_until_ready() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let page = body_text(r).await;
-    assert!(page.contains("_vod/starting.js") && page.contains(&format!("/instances/{}/", c.id)), "{page}");
+    assert!(
+        page.contains("_vod/starting.js") && page.contains(&format!("/instances/{}/", c.id)),
+        "{page}"
+    );
     let js = s.fetch(&c, Method::GET, "/_vod/starting.js", "").await;
     assert_eq!(js.status(), StatusCode::OK);
     assert!(body_text(js).await.contains("EventSource"));
@@ -65,12 +75,27 @@ async fn starting_page_follows_progress_until_ready() {
         .to_bytes();
     let text = String::from_utf8_lossy(&text);
     assert!(text.contains("\"state\":\"Starting\""), "{text}");
-    assert!(text.contains("waiting for command to answer"), "progress is reported: {text}");
-    assert!(text.trim_end().ends_with("}") && text.contains("event: ready"), "{text}");
+    assert!(
+        text.contains("waiting for command to answer"),
+        "progress is reported: {text}"
+    );
+    assert!(
+        text.trim_end().ends_with("}") && text.contains("event: ready"),
+        "{text}"
+    );
 
     let r = s.visit(&c, "/deep/page").await;
-    assert!(body_text(r).await.contains("upstream /deep/page"), "once ready, navigations reach the instance");
-    let (st, _) = s.api(Method::GET, &format!("/api/instances/{}/events", c.id), None).await;
+    assert!(
+        body_text(r).await.contains("upstream /deep/page"),
+        "once ready, navigations reach the instance"
+    );
+    let (st, _) = s
+        .api(
+            Method::GET,
+            &format!("/api/instances/{}/events", c.id),
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::OK);
 }
 
@@ -82,14 +107,31 @@ async fn a_start_that_takes_too_long_fails_with_503_and_leaves_no_process() {
     let t0 = Instant::now();
     let r = s.fetch(&c, Method::GET, "/small", "").await;
     assert!(t0.elapsed() < Duration::from_secs(10));
-    assert!(matches!(r.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY), "{}", r.status());
+    assert!(
+        matches!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY
+        ),
+        "{}",
+        r.status()
+    );
     assert!(r.headers().contains_key("retry-after"));
     s.wait_state(&c.id, "Failed", Duration::from_secs(5)).await;
-    let (_, v) = s.api(Method::GET, &format!("/api/instances/{}", c.id), None).await;
-    assert!(v["message"].as_str().unwrap().contains("start timeout"), "{v}");
+    let (_, v) = s
+        .api(Method::GET, &format!("/api/instances/{}", c.id), None)
+        .await;
+    assert!(
+        v["message"].as_str().unwrap().contains("start timeout"),
+        "{v}"
+    );
     let pids = starts(&f.starts);
     assert_eq!(pids.len(), 1);
-    wait_until("the slow process to be killed", Duration::from_secs(10), || !pid_alive(pids[0])).await;
+    wait_until(
+        "the slow process to be killed",
+        Duration::from_secs(10),
+        || !pid_alive(pids[0]),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,12 +139,29 @@ async fn a_crashing_instance_reports_why() {
     let dir = tempdir();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let s = Server::start(&data, &["--runtime", "command", "--command", "sh -c exit_at_once_{port}"]);
+    let s = Server::start(
+        &data,
+        &[
+            "--runtime",
+            "command",
+            "--command",
+            "sh -c exit_at_once_{port}",
+        ],
+    );
     let c = s.create(json!({"user_id": "alice"})).await;
-    let (st, v) = s.api(Method::POST, &format!("/api/instances/{}/start", c.id), None).await;
+    let (st, v) = s
+        .api(
+            Method::POST,
+            &format!("/api/instances/{}/start", c.id),
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::BAD_GATEWAY, "{v}");
     let msg = v["message"].as_str().unwrap();
-    assert!(msg.contains("process exited") && msg.contains("not found"), "names the exit and the output: {msg}");
+    assert!(
+        msg.contains("process exited") && msg.contains("not found"),
+        "names the exit and the output: {msg}"
+    );
     assert_eq!(s.state(&c.id).await, "Failed");
 }
 
@@ -117,7 +176,11 @@ async fn idle_instances_stop_and_the_next_visit_wakes_them() {
     // Messages from the browser over a WebSocket are activity: kept alive past the timeout.
     let origin = format!("https://{}", s.host);
     let mut ws = s
-        .websocket(&format!("/instances/{}/ws", c.id), Some(&format!("vod_tkn={}", c.token)), Some(&origin))
+        .websocket(
+            &format!("/instances/{}/ws", c.id),
+            Some(&format!("vod_tkn={}", c.token)),
+            Some(&origin),
+        )
         .await
         .unwrap();
     for _ in 0..10 {
@@ -125,16 +188,29 @@ async fn idle_instances_stop_and_the_next_visit_wakes_them() {
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("typing"));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(s.state(&c.id).await, "Running", "active for 5s with a 2s idle timeout");
+    assert_eq!(
+        s.state(&c.id).await,
+        "Running",
+        "active for 5s with a 2s idle timeout"
+    );
 
     // Silence: an open connection alone does not keep it running.
     let t0 = Instant::now();
     s.wait_state(&c.id, "Stopped", Duration::from_secs(6)).await;
-    assert!(t0.elapsed() >= Duration::from_millis(1500), "stopped too early: {:?}", t0.elapsed());
-    let (_, v) = s.api(Method::GET, &format!("/api/instances/{}", c.id), None).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "stopped too early: {:?}",
+        t0.elapsed()
+    );
+    let (_, v) = s
+        .api(Method::GET, &format!("/api/instances/{}", c.id), None)
+        .await;
     assert_eq!(v["stop_reason"], "idle");
     let first = starts(&f.starts)[0];
-    wait_until("the idle process to exit", Duration::from_secs(5), || !pid_alive(first)).await;
+    wait_until("the idle process to exit", Duration::from_secs(5), || {
+        !pid_alive(first)
+    })
+    .await;
     drop(ws);
 
     let r = s.fetch(&c, Method::GET, "/small", "").await;
@@ -145,8 +221,14 @@ async fn idle_instances_stop_and_the_next_visit_wakes_them() {
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_keeps_instances_and_workspaces_and_stops_processes() {
     let mut f = Fixture::new(0, &[]);
-    let c = f.server.create(json!({"user_id": "alice", "idle_timeout": 600})).await;
-    let r = f.server.fetch(&c, Method::PUT, "/workspace-file?name=notes.txt", "kept").await;
+    let c = f
+        .server
+        .create(json!({"user_id": "alice", "idle_timeout": 600}))
+        .await;
+    let r = f
+        .server
+        .fetch(&c, Method::PUT, "/workspace-file?name=notes.txt", "kept")
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let pid = starts(&f.starts)[0];
     assert!(pid_alive(pid));
@@ -157,12 +239,20 @@ async fn restart_keeps_instances_and_workspaces_and_stops_processes() {
 
     f.restart(&[]);
     let s = &f.server;
-    let (_, v) = s.api(Method::GET, &format!("/api/instances/{}", c.id), None).await;
+    let (_, v) = s
+        .api(Method::GET, &format!("/api/instances/{}", c.id), None)
+        .await;
     assert_eq!(v["status"], "Stopped");
     assert_eq!(v["idle_timeout"], 600);
     assert_eq!(v["stop_reason"], "shutdown");
-    let r = s.fetch(&c, Method::GET, "/workspace-file?name=notes.txt", "").await;
-    assert_eq!(body_text(r).await, "kept", "same token, same workspace after the restart");
+    let r = s
+        .fetch(&c, Method::GET, "/workspace-file?name=notes.txt", "")
+        .await;
+    assert_eq!(
+        body_text(r).await,
+        "kept",
+        "same token, same workspace after the restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,9 +263,23 @@ async fn an_instance_orphaned_by_a_killed_server_is_cleaned_up_on_next_start() {
     assert_eq!(r.status(), StatusCode::OK);
     let pid = starts(&f.starts)[0];
     f.server.kill();
-    assert!(pid_alive(pid), "SIGKILL gives the server no chance to clean up");
-    f.server = Server::start(&f.server.data_dir.clone(), &["--runtime", "command", "--command", &upstream_command(&f.starts, 0)]);
-    wait_until("the orphan to be killed", Duration::from_secs(5), || !pid_alive(pid)).await;
+    assert!(
+        pid_alive(pid),
+        "SIGKILL gives the server no chance to clean up"
+    );
+    f.server = Server::start(
+        &f.server.data_dir.clone(),
+        &[
+            "--runtime",
+            "command",
+            "--command",
+            &upstream_command(&f.starts, 0),
+        ],
+    );
+    wait_until("the orphan to be killed", Duration::from_secs(5), || {
+        !pid_alive(pid)
+    })
+    .await;
     assert_eq!(f.server.state(&c.id).await, "Stopped");
 }
 
@@ -184,20 +288,42 @@ async fn delete_removes_the_instance_but_keeps_the_users_workspace() {
     let f = Fixture::new(0, &[]);
     let s = &f.server;
     let a = s.create(json!({"user_id": "alice"})).await;
-    let r = s.fetch(&a, Method::PUT, "/workspace-file?name=project.txt", "my work").await;
+    let r = s
+        .fetch(
+            &a,
+            Method::PUT,
+            "/workspace-file?name=project.txt",
+            "my work",
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let pid = starts(&f.starts)[0];
 
-    let (st, _) = s.api(Method::DELETE, &format!("/api/instances/{}", a.id), None).await;
+    let (st, _) = s
+        .api(Method::DELETE, &format!("/api/instances/{}", a.id), None)
+        .await;
     assert_eq!(st, StatusCode::OK);
     assert!(!pid_alive(pid), "delete stops the process");
-    assert!(!s.data_dir.join("instances").join(&a.id).exists(), "its own files are gone");
+    assert!(
+        !s.data_dir.join("instances").join(&a.id).exists(),
+        "its own files are gone"
+    );
     let r = s.fetch(&a, Method::GET, "/small", "").await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "its URL no longer opens anything");
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "its URL no longer opens anything"
+    );
 
     let b = s.create(json!({"user_id": "alice"})).await;
-    let r = s.fetch(&b, Method::GET, "/workspace-file?name=project.txt", "").await;
-    assert_eq!(body_text(r).await, "my work", "a new instance of the user sees the workspace");
+    let r = s
+        .fetch(&b, Method::GET, "/workspace-file?name=project.txt", "")
+        .await;
+    assert_eq!(
+        body_text(r).await,
+        "my work",
+        "a new instance of the user sees the workspace"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,12 +331,29 @@ async fn explicit_start_and_stop_through_the_api() {
     let f = Fixture::new(300, &[]);
     let s = &f.server;
     let c = s.create(json!({"user_id": "alice"})).await;
-    let (st, v) = s.api(Method::POST, &format!("/api/instances/{}/start", c.id), None).await;
-    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("Running")));
+    let (st, v) = s
+        .api(
+            Method::POST,
+            &format!("/api/instances/{}/start", c.id),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["status"].as_str()),
+        (StatusCode::OK, Some("Running"))
+    );
     let pid = starts(&f.starts)[0];
-    let (st, v) = s.api(Method::POST, &format!("/api/instances/{}/stop", c.id), None).await;
-    assert_eq!((st, v["status"].as_str(), v["stop_reason"].as_str()), (StatusCode::OK, Some("Stopped"), Some("api")));
+    let (st, v) = s
+        .api(Method::POST, &format!("/api/instances/{}/stop", c.id), None)
+        .await;
+    assert_eq!(
+        (st, v["status"].as_str(), v["stop_reason"].as_str()),
+        (StatusCode::OK, Some("Stopped"), Some("api"))
+    );
     assert!(!pid_alive(pid));
     let (st, v) = s.api(Method::GET, "/api/workspaces/alice", None).await;
-    assert_eq!((st, v["active_instances"].as_u64()), (StatusCode::OK, Some(0)));
+    assert_eq!(
+        (st, v["active_instances"].as_u64()),
+        (StatusCode::OK, Some(0))
+    );
 }

@@ -27,7 +27,11 @@ fn fake_cli_tarball(dir: &std::path::Path) -> Vec<u8> {
     );
     let code = src.join("code");
     std::fs::write(&code, script).unwrap();
-    std::process::Command::new("chmod").arg("755").arg(&code).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(&code)
+        .status()
+        .unwrap();
     let out = dir.join("code.tar.gz");
     let st = std::process::Command::new("tar")
         .arg("-czf")
@@ -48,7 +52,9 @@ async fn update_service(tarball: Vec<u8>, downloads: Arc<AtomicUsize>) -> String
     let tarball = Bytes::from(tarball);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let tarball = tarball.clone();
             let downloads = downloads.clone();
             tokio::spawn(async move {
@@ -66,7 +72,9 @@ async fn update_service(tarball: Vec<u8>, downloads: Arc<AtomicUsize>) -> String
                             downloads.fetch_add(1, Ordering::SeqCst);
                             Response::builder().body(Full::new(tarball))
                         } else {
-                            Response::builder().status(404).body(Full::new(Bytes::new()))
+                            Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::new()))
                         };
                         Ok::<_, std::convert::Infallible>(resp.unwrap())
                     }
@@ -87,23 +95,46 @@ async fn serve_web_downloads_the_cli_once_and_keeps_the_base_path() {
     std::fs::create_dir_all(&data).unwrap();
     let downloads = Arc::new(AtomicUsize::new(0));
     let url = update_service(fake_cli_tarball(dir.path()), downloads.clone()).await;
-    let s = Server::start(&data, &["--runtime", "serve-web", "--vscode-download-url", &url]);
-    let a = s.create(json!({"user_id": "alice", "vscode_version": "1.97.2"})).await;
+    let s = Server::start(
+        &data,
+        &["--runtime", "serve-web", "--vscode-download-url", &url],
+    );
+    let a = s
+        .create(json!({"user_id": "alice", "vscode_version": "1.97.2"}))
+        .await;
     let r = s.fetch(&a, Method::GET, "/echo/x", "").await;
     assert_eq!(r.status(), StatusCode::OK);
     let v = body_json(r).await;
-    assert_eq!(v["path"], format!("/instances/{}/echo/x", a.id), "serve-web gets the full path");
-    assert!(data.join("cache/vscode-cli/1.97.2/code").exists(), "cached per version");
+    assert_eq!(
+        v["path"],
+        format!("/instances/{}/echo/x", a.id),
+        "serve-web gets the full path"
+    );
+    assert!(
+        data.join("cache/vscode-cli/1.97.2/code").exists(),
+        "cached per version"
+    );
 
     let args = std::fs::read_to_string(dir.path().join("cli-args")).unwrap();
-    for want in ["serve-web", "--host 127.0.0.1", "--without-connection-token", &format!("--server-base-path /instances/{}", a.id)] {
+    for want in [
+        "serve-web",
+        "--host 127.0.0.1",
+        "--without-connection-token",
+        &format!("--server-base-path /instances/{}", a.id),
+    ] {
         assert!(args.contains(want), "{args} lacks {want}");
     }
 
-    let b = s.create(json!({"user_id": "bob", "vscode_version": "1.97.2"})).await;
+    let b = s
+        .create(json!({"user_id": "bob", "vscode_version": "1.97.2"}))
+        .await;
     let r = s.fetch(&b, Method::GET, "/small", "").await;
     assert_eq!(body_text(r).await, "hello");
-    assert_eq!(downloads.load(Ordering::SeqCst), 1, "the second instance used the cache");
+    assert_eq!(
+        downloads.load(Ordering::SeqCst),
+        1,
+        "the second instance used the cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,7 +148,12 @@ async fn auto_without_any_runtime_says_what_to_install() {
     std::fs::create_dir_all(&empty).unwrap();
     let s = Server::start_with_env(
         &data,
-        &["--vscode-download-url", "http://127.0.0.1:9", "--start-timeout", "20s"],
+        &[
+            "--vscode-download-url",
+            "http://127.0.0.1:9",
+            "--start-timeout",
+            "20s",
+        ],
         &[("PATH", empty.to_str().unwrap())],
     );
     let c = s.create(json!({"user_id": "alice"})).await;
@@ -125,6 +161,9 @@ async fn auto_without_any_runtime_says_what_to_install() {
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     let v = body_json(r).await;
     let msg = v["message"].as_str().unwrap();
-    assert!(msg.contains("code-server") && msg.contains("install"), "{msg}");
+    assert!(
+        msg.contains("code-server") && msg.contains("install"),
+        "{msg}"
+    );
     s.wait_state(&c.id, "Failed", Duration::from_secs(5)).await;
 }
