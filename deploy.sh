@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Deploys vscode-on-demand into a Kubernetes cluster (minikube by default), idempotently:
+#   ./deploy.sh                      build, deploy, print URL and admin token
+#   ./deploy.sh --delete             remove everything except users' workspaces
+#   ./deploy.sh --delete --workspaces   remove the workspaces too
+# Environment: VOD_NAMESPACE (vscode-on-demand), VOD_HOST (vscode.local), VOD_IMAGE
+# (vscode-on-demand:latest), KUBECTL (kubectl), VOD_SKIP_MINIKUBE=1 (use the current context
+# as is), VOD_SKIP_IMAGE=1 (the image is already in the cluster), VOD_SKIP_HOSTS=1 (leave
+# /etc/hosts alone).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+NS="${VOD_NAMESPACE:-vscode-on-demand}"
+HOST="${VOD_HOST:-vscode.local}"
+IMAGE="${VOD_IMAGE:-vscode-on-demand:latest}"
+KUBECTL="${KUBECTL:-kubectl}"
+ROLLOUT_TIMEOUT="${VOD_ROLLOUT_TIMEOUT:-300s}"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'deploy.sh: %s\n' "$*" >&2; exit 1; }
+k() { "$KUBECTL" -n "$NS" "$@"; }
+
+using_minikube() { [ "${VOD_SKIP_MINIKUBE:-0}" != 1 ] && command -v minikube >/dev/null 2>&1; }
+
+delete_all() {
+  local workspaces=$1
+  say "deleting instances (their Services, Secrets and config volumes go with them)"
+  k delete deployments -l app.kubernetes.io/managed-by=vscode-on-demand,app.kubernetes.io/component=instance --ignore-not-found --wait=true
+  say "deleting the proxy"
+  k delete -f manifests/ --ignore-not-found
+  k delete secret vscode-on-demand-tls vscode-on-demand-admin --ignore-not-found
+  k delete lease vscode-on-demand-reaper --ignore-not-found
+  if [ "$workspaces" = 1 ]; then
+    say "deleting users' workspaces"
+    k delete pvc -l app.kubernetes.io/managed-by=vscode-on-demand,app.kubernetes.io/component=workspace --ignore-not-found
+  else
+    say "users' workspaces are kept (pass --workspaces to delete them)"
+  fi
+}
+
+case "${1:-}" in
+  --delete)
+    delete_all "$([ "${2:-}" = --workspaces ] && echo 1 || echo 0)"
+    exit 0
+    ;;
+  "") ;;
+  *) die "unknown argument ${1}; use no argument, --delete or --delete --workspaces" ;;
+esac
+
+command -v "$KUBECTL" >/dev/null 2>&1 || die "kubectl is required"
+
+if using_minikube && ! minikube status >/dev/null 2>&1; then
+  say "starting minikube"
+  minikube start
+fi
+"$KUBECTL" cluster-info >/dev/null 2>&1 || die "no Kubernetes cluster reachable with the current context"
+
+say "building vscode-on-demand"
+BIN="${VOD_BIN:-}"
+if [ -z "$BIN" ]; then
+  cargo build --release --bin vscode-on-demand >&2
+  BIN=target/release/vscode-on-demand
+fi
+
+say "certificate for ${HOST} (kept if certs/ already has one)"
+"$BIN" cert --dir certs --host "$HOST" --host localhost >&2
+
+say "namespace ${NS}"
+"$KUBECTL" create namespace "$NS" --dry-run=client -o yaml | "$KUBECTL" apply -f - >&2
+
+say "TLS and admin-token Secrets"
+k create secret tls vscode-on-demand-tls --cert=certs/server.crt --key=certs/server.key \
+  --dry-run=client -o yaml | k apply -f - >&2
+if ! k get secret vscode-on-demand-admin >/dev/null 2>&1; then
+  token=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+  k create secret generic vscode-on-demand-admin --from-literal=token="$token" >&2
+fi
+
+if [ "${VOD_SKIP_HOSTS:-0}" != 1 ] && using_minikube; then
+  ip=$(minikube ip)
+  if ! grep -qE "[[:space:]]${HOST}([[:space:]]|\$)" /etc/hosts; then
+    say "adding ${ip} ${HOST} to /etc/hosts"
+    line="${ip} ${HOST}"
+    if [ -w /etc/hosts ]; then echo "$line" >>/etc/hosts; else echo "$line" | sudo tee -a /etc/hosts >/dev/null; fi
+  fi
+fi
+
+if [ "${VOD_SKIP_IMAGE:-0}" != 1 ]; then
+  if using_minikube; then
+    say "building the image inside minikube"
+    minikube image build -t "$IMAGE" . >&2
+  else
+    say "building the image with docker"
+    docker build -t "$IMAGE" . >&2
+  fi
+fi
+
+say "applying manifests"
+manifests=$(mktemp -d)
+trap 'rm -rf "$manifests"' EXIT
+cp manifests/*.yaml "$manifests/"
+if ! "$KUBECTL" api-versions | grep -qx 'policy/v1'; then
+  # Clusters older than 1.21 serve PodDisruptionBudgets only as v1beta1.
+  sed -i 's|^apiVersion: policy/v1$|apiVersion: policy/v1beta1|' "$manifests/pdb.yaml"
+fi
+sed -i "s|image: vscode-on-demand:latest|image: ${IMAGE}|; s|value: vscode-on-demand:latest|value: ${IMAGE}|; s|--public-url=https://vscode.local|--public-url=https://${HOST}|" "$manifests/deployment.yaml"
+k apply -f "$manifests/" >&2
+
+say "waiting for the rollout"
+k rollout status deployment/vscode-on-demand --timeout="$ROLLOUT_TIMEOUT" >&2
+
+token=$(k get secret vscode-on-demand-admin -o jsonpath='{.data.token}' | base64 -d)
+cat <<DONE
+vscode-on-demand is deployed in namespace ${NS}.
+  URL:        https://${HOST}
+  API token:  ${token}
+  CA cert:    $(pwd)/certs/ca.crt
+  Try:        VOD_API_URL=https://${HOST} VOD_API_TOKEN=${token} VOD_CA_CERT=certs/ca.crt \\
+                ${BIN} create --user-id user1 --base-image mcr.microsoft.com/devcontainers/python:1-3.12
+With minikube, run 'minikube tunnel' in another terminal so the LoadBalancer Service gets its address.
+DONE
