@@ -3,6 +3,8 @@
 //! `vod-upstream` as the instance process.
 #![allow(dead_code)]
 
+pub mod vscode_cli;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
