@@ -61,6 +61,38 @@ async fn token_is_exchanged_for_a_path_scoped_cookie_and_removed_from_the_url() 
 }
 
 #[tokio::test]
+async fn a_tkn_parameter_that_is_not_ours_passes_through_with_a_valid_cookie() {
+    let f = Fixture::new(0, &["--auth-failures-per-minute", "2"]);
+    let s = &f.server;
+    let c = s.create(json!({"user_id": "alice"})).await;
+    // VS Code adds an empty `tkn=` of its own to some resource URLs.
+    for _ in 0..5 {
+        let r = s.fetch(&c, Method::GET, "/echo/res?path=/x&tkn=", "").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body_json(r).await["path"], "/echo/res?path=/x&tkn=");
+    }
+    let r = s.fetch(&c, Method::GET, "/echo/res?tkn=other", "").await;
+    assert_eq!(body_json(r).await["path"], "/echo/res?tkn=other");
+    // None of that counted as a failure: a fresh exchange still works.
+    let path = format!("/instances/{}/?tkn={}", c.id, c.token);
+    let r = s
+        .send(s.request(Method::GET, &path).body(Full::default()).unwrap())
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // With a valid cookie, our own token in the URL is still taken out of it.
+    let r = s
+        .send(
+            s.request(Method::GET, &path)
+                .header("cookie", format!("vod_tkn={}", c.token))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], format!("/instances/{}/", c.id));
+}
+
+#[tokio::test]
 async fn missing_or_wrong_credentials_are_refused_then_rate_limited() {
     let f = Fixture::new(0, &["--auth-failures-per-minute", "5"]);
     let s = &f.server;

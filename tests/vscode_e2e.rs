@@ -223,6 +223,18 @@ async fn scenario(deps: Deps) {
             eprintln!("{key} ({items}): {}", result[key]);
         }
     }
+    // Code-server answers 404 for assets it does not ship (vsda); anything the proxy itself
+    // refuses or fails (401, 403, 429, 5xx) would be a broken page.
+    let refused: Vec<_> = result["bad_responses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["status"].as_u64() != Some(404))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "requests refused or failed through the proxy: {refused:?}"
+    );
     let sockets = result["websockets"]
         .as_array()
         .expect("websockets recorded");

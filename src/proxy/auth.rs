@@ -9,11 +9,18 @@ use http::{header, HeaderMap, HeaderValue};
 pub const COOKIE: &str = "vod_tkn";
 
 /// What a request presents.
-pub enum Presented<'a> {
-    /// `?tkn=` in the URL: to be exchanged for a cookie and removed from the URL.
-    Query(&'a str),
-    Cookie(bool),
-    Nothing,
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented {
+    /// Our token in `?tkn=`: to be exchanged for a cookie and removed from the URL.
+    Exchange,
+    /// A valid cookie.
+    Valid,
+    /// Wrong credentials; `any` is false when there were none at all.
+    Invalid { any: bool },
+    /// A wrong `tkn`, already counted against the client.
+    WrongToken,
+    /// A `tkn` guess from an address that has failed too often: refused unchecked.
+    Limited,
 }
 
 /// Finds the `tkn` parameter, the remaining query string without it.
@@ -34,26 +41,42 @@ pub fn split_tkn(query: Option<&str>) -> (Option<&str>, String) {
 }
 
 /// Checks the request's credentials against the instance's token, in constant time.
-pub fn check<'a>(inst: &Instance, headers: &HeaderMap, query: Option<&'a str>) -> Presented<'a> {
-    if let (Some(t), _) = split_tkn(query) {
-        return Presented::Query(t);
-    }
-    let mut seen = false;
+///
+/// A `tkn` parameter is ours when it holds the token; VS Code puts an empty or unrelated `tkn`
+/// of its own on some resource URLs, and with a valid cookie those pass through untouched.
+/// A `tkn` without a valid cookie is an exchange attempt: `allow_attempt` is asked first (it
+/// counts attempts per client), so guesses are limited before they are checked.
+pub fn check(
+    inst: &Instance,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    allow_attempt: impl FnOnce() -> bool,
+) -> Presented {
+    let tkn = split_tkn(query).0.filter(|t| !t.is_empty());
+    let mut cookie_seen = false;
+    let mut cookie_ok = false;
     for value in headers.get_all(header::COOKIE) {
         let Ok(s) = value.to_str() else { continue };
         for c in Cookie::split_parse(s).flatten() {
             if c.name() == COOKIE {
-                seen = true;
-                if inst.token.matches(c.value().as_bytes()) {
-                    return Presented::Cookie(true);
-                }
+                cookie_seen = true;
+                cookie_ok |= inst.token.matches(c.value().as_bytes());
             }
         }
     }
-    if seen {
-        Presented::Cookie(false)
-    } else {
-        Presented::Nothing
+    match tkn {
+        Some(t) if cookie_ok => {
+            if inst.token.matches(t.as_bytes()) {
+                Presented::Exchange
+            } else {
+                Presented::Valid
+            }
+        }
+        Some(_) if !allow_attempt() => Presented::Limited,
+        Some(t) if inst.token.matches(t.as_bytes()) => Presented::Exchange,
+        Some(_) => Presented::WrongToken,
+        None if cookie_ok => Presented::Valid,
+        None => Presented::Invalid { any: cookie_seen },
     }
 }
 

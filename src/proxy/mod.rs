@@ -35,27 +35,24 @@ pub async fn handle(
     let navigation = is_navigation(&req);
     let inst = sh.lifecycle.registry.get_str(id);
     let presented = match &inst {
-        Some(i) => auth::check(i, req.headers(), req.uri().query()),
-        None => Presented::Cookie(false),
+        Some(i) => auth::check(i, req.headers(), req.uri().query(), || {
+            sh.auth_failure_allowed(peer)
+        }),
+        None => Presented::Invalid { any: true },
     };
     let inst = match (inst, presented) {
-        (Some(inst), Presented::Query(t)) => {
-            // Exchanges are rare for real users, so each one counts against the limit first.
+        (Some(inst), Presented::Exchange) => return exchange(&inst, rest, req.uri()),
+        (Some(inst), Presented::Valid) => inst,
+        (_, Presented::Limited) => return too_many(),
+        (_, Presented::WrongToken) => return deny(navigation, true),
+        (_, Presented::Invalid { any }) => {
+            // Failures count too, so an address that keeps failing is slowed down.
             if !sh.auth_failure_allowed(peer) {
                 return too_many();
             }
-            if !inst.token.matches(t.as_bytes()) {
-                return deny(navigation, true);
-            }
-            return exchange(&inst, rest, req.uri());
+            return deny(navigation, any);
         }
-        (Some(inst), Presented::Cookie(true)) => inst,
-        (_, p) => {
-            if !sh.auth_failure_allowed(peer) {
-                return too_many();
-            }
-            return deny(navigation, matches!(p, Presented::Cookie(false)));
-        }
+        (None, _) => return deny(navigation, true),
     };
 
     if let Some(own) = rest.strip_prefix(pages::PREFIX) {
