@@ -1,0 +1,956 @@
+//! One container of a pod as a local process: image → command, start, readiness and liveness
+//! probes, restarts with back-off, and termination of its whole process group.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    net::Ipv4Addr,
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    pin::Pin,
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{header, Request};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::{
+    api::core::v1::{Container, Pod, Probe},
+    apimachinery::pkg::util::intstr::IntOrString,
+    jiff::Timestamp,
+};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::{
+    net::TcpStream,
+    process::{Child, Command},
+    sync::{mpsc, watch},
+    time::{sleep, sleep_until, timeout, Instant},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    events::{Kind as EventKind, PodRef},
+    template::{expand_refs, Expansion, Mounts, Template},
+    volumes::{self, safe_rel},
+    Ctx,
+};
+
+/// Upper bound on any grace period, so that tests never wait long for a stuck process.
+pub const MAX_GRACE: Duration = Duration::from_secs(10);
+/// A container that ran this long before exiting starts its back-off over, as with the kubelet
+/// (which uses ten minutes; tests need a shorter memory).
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+/// Probe period cap: a real kubelet's default of 10 s would make every test wait.
+const MAX_PROBE_PERIOD: Duration = Duration::from_secs(1);
+/// Readiness is polled faster until the first success, so a fresh pod turns Ready promptly.
+const STARTUP_PROBE_PERIOD: Duration = Duration::from_millis(250);
+const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Name of the file, in the pod directory, that lists the pod's live process groups, so that a
+/// restarted vod-kubelet can kill what a crashed one left behind.
+pub const PGIDS_FILE: &str = ".pgids";
+
+/// Poisoning only means another task panicked mid-update of plain bookkeeping data; carrying on
+/// with it is better than taking the whole kubelet down.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Exponential back-off, 2 s doubling to 30 s, the pace the kubelet uses (scaled down).
+pub struct Backoff(Duration);
+
+impl Backoff {
+    pub fn new() -> Self {
+        Backoff(Duration::from_secs(2))
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (d * 2).min(Duration::from_secs(30));
+        d
+    }
+}
+
+/// Every process group vod-kubelet started and has not seen end, for the last-resort kill when
+/// it exits.
+#[derive(Default)]
+pub struct ProcGroups(Mutex<HashSet<i32>>);
+
+impl ProcGroups {
+    fn add(&self, pgid: i32) {
+        lock(&self.0).insert(pgid);
+    }
+
+    fn remove(&self, pgid: i32) {
+        lock(&self.0).remove(&pgid);
+    }
+
+    pub fn kill_all(&self) {
+        for pgid in lock(&self.0).drain() {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+fn signal_group(pgid: i32, sig: Signal) {
+    // ESRCH (group already gone) is the normal case after a clean exit.
+    if let Err(e) = nix::sys::signal::killpg(Pid::from_raw(pgid), sig) {
+        if e != nix::errno::Errno::ESRCH {
+            warn!(pgid, signal = %sig, error = %e, "cannot signal process group");
+        }
+    }
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`): together
+/// with the PID it identifies a process even after the PID is reused.
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; it ends at the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the process groups listed in `dir`'s PGIDS_FILE that still run (same PID, same start
+/// time), i.e. containers left over by a previous vod-kubelet that did not shut down cleanly.
+pub fn kill_stale(dir: &Path) {
+    let file = dir.join(PGIDS_FILE);
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return;
+    };
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(Ok(pgid)), Some(Ok(start))) = (
+            it.next().map(str::parse::<i32>),
+            it.next().map(str::parse::<u64>),
+        ) else {
+            continue;
+        };
+        if pgid > 1 && proc_start_time(pgid) == Some(start) {
+            info!(pgid, dir = %dir.display(), "killing a container left over from an earlier run");
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+/// What every container of one pod shares for as long as the pod runs.
+pub struct PodRun {
+    pub ctx: Arc<Ctx>,
+    pub pod: Arc<Pod>,
+    pub pref: PodRef,
+    pub ip: Ipv4Addr,
+    pub dir: PathBuf,
+    pub volumes: HashMap<String, PathBuf>,
+    /// Container name → (process group, start time): the content of PGIDS_FILE.
+    pub procs: Mutex<HashMap<String, (i32, u64)>>,
+}
+
+impl PodRun {
+    fn track(&self, name: &str, pgid: i32) {
+        self.ctx.groups.add(pgid);
+        let start = proc_start_time(pgid).unwrap_or(0);
+        let mut procs = lock(&self.procs);
+        procs.insert(name.to_string(), (pgid, start));
+        self.write_pgids(&procs);
+    }
+
+    fn untrack(&self, name: &str, pgid: i32) {
+        self.ctx.groups.remove(pgid);
+        let mut procs = lock(&self.procs);
+        procs.remove(name);
+        self.write_pgids(&procs);
+    }
+
+    fn write_pgids(&self, procs: &HashMap<String, (i32, u64)>) {
+        // Written while holding the lock so concurrent containers cannot interleave stale
+        // contents; the file is a few lines, so blocking here is negligible.
+        let text: String = procs
+            .values()
+            .map(|(pgid, start)| format!("{pgid} {start}\n"))
+            .collect();
+        if let Err(e) = std::fs::write(self.dir.join(PGIDS_FILE), text) {
+            warn!(pod = %self.pref, error = %e, "cannot record process groups");
+        }
+    }
+
+    pub fn restart_policy(&self) -> &str {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            .unwrap_or("Always")
+    }
+
+    /// The pod's termination grace period, capped.
+    pub fn grace(&self) -> Duration {
+        let secs = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        Duration::from_secs(secs.max(0) as u64).min(MAX_GRACE)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Init,
+    Main,
+}
+
+#[derive(Clone, Debug)]
+pub struct Term {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub reason: String,
+    pub message: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub container_id: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum State {
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at: Timestamp,
+    },
+    Terminated(Term),
+}
+
+/// What the pod status reports for one container.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub name: String,
+    pub image: String,
+    pub restart_count: i32,
+    pub state: State,
+    pub last: Option<Term>,
+    pub ready: bool,
+    pub started: bool,
+    pub container_id: Option<String>,
+}
+
+impl Status {
+    pub fn new(c: &Container, waiting_reason: &str) -> Self {
+        Status {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            restart_count: 0,
+            state: State::Waiting {
+                reason: waiting_reason.into(),
+                message: None,
+            },
+            last: None,
+            ready: false,
+            started: false,
+            container_id: None,
+        }
+    }
+}
+
+pub struct Update {
+    pub kind: Kind,
+    pub idx: usize,
+    pub status: Status,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exited 0 and is not restarted (init containers; `restartPolicy` other than Always).
+    Succeeded,
+    /// Exited non-zero and is not restarted.
+    Failed,
+    /// Stopped because the pod is going away or vod-kubelet is shutting down.
+    Stopped,
+}
+
+/// The stop signal of a pod: `Some(grace)` once its containers must end.
+pub type StopRx = watch::Receiver<Option<Duration>>;
+
+async fn wait_stop(stop: &mut StopRx) -> Duration {
+    match stop.wait_for(Option::is_some).await {
+        Ok(g) => g.unwrap_or_default(),
+        // The pod worker is gone, so nothing will ever report on this container: end it now.
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Sleeps for `d`; true if the pod was stopped meanwhile.
+async fn sleep_or_stop(d: Duration, stop: &mut StopRx) -> bool {
+    tokio::select! {
+        _ = sleep(d) => false,
+        _ = wait_stop(stop) => true,
+    }
+}
+
+/// Runs container `idx` of kind `kind` until it is done for good (see [`Outcome`]), reporting
+/// every status change on `tx`.
+pub async fn run(
+    run: Arc<PodRun>,
+    kind: Kind,
+    idx: usize,
+    tx: mpsc::Sender<Update>,
+    mut stop: StopRx,
+) -> Outcome {
+    let spec = run.pod.spec.as_ref();
+    let c = match kind {
+        Kind::Init => spec.and_then(|s| s.init_containers.as_ref()?.get(idx)),
+        Kind::Main => spec.and_then(|s| s.containers.get(idx)),
+    };
+    let Some(c) = c.cloned() else {
+        return Outcome::Failed;
+    };
+    let field_path = match kind {
+        Kind::Init => format!("spec.initContainers{{{}}}", c.name),
+        Kind::Main => format!("spec.containers{{{}}}", c.name),
+    };
+    let status = Status::new(
+        &c,
+        match kind {
+            Kind::Init => "PodInitializing",
+            Kind::Main => "ContainerCreating",
+        },
+    );
+    let mut r = Runner {
+        run,
+        kind,
+        idx,
+        c,
+        field_path,
+        tx,
+        status,
+    };
+    r.main_loop(&mut stop).await
+}
+
+struct Runner {
+    run: Arc<PodRun>,
+    kind: Kind,
+    idx: usize,
+    c: Container,
+    field_path: String,
+    tx: mpsc::Sender<Update>,
+    status: Status,
+}
+
+/// Everything needed to start the container once.
+struct Prepared {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+}
+
+enum Why {
+    Exited,
+    Stopped,
+    Unhealthy,
+}
+
+impl Runner {
+    async fn report(&self) {
+        let u = Update {
+            kind: self.kind,
+            idx: self.idx,
+            status: self.status.clone(),
+        };
+        // Fails only when the pod worker has stopped listening, i.e. the pod is being torn down.
+        let _ = self.tx.send(u).await;
+    }
+
+    fn event(&self, kind: EventKind, reason: &'static str, message: String) {
+        self.run.ctx.events.container(
+            &self.run.pref,
+            self.field_path.clone(),
+            kind,
+            reason,
+            message,
+        );
+    }
+
+    fn waiting(&mut self, reason: &str, message: Option<String>) {
+        self.status.state = State::Waiting {
+            reason: reason.into(),
+            message,
+        };
+        self.status.ready = false;
+        self.status.started = false;
+    }
+
+    async fn main_loop(&mut self, stop: &mut StopRx) -> Outcome {
+        let mut backoff = Backoff::new();
+        let mut pulled = false;
+        let image = self.status.image.clone();
+        loop {
+            if stop.borrow().is_some() {
+                return Outcome::Stopped;
+            }
+            let ctx = self.run.ctx.clone();
+            let Some(template) = ctx.images.resolve(&image) else {
+                let pulling = format!("Pulling image {image:?}");
+                self.event(EventKind::Normal, "Pulling", pulling);
+                let msg = format!("Failed to pull image {image:?}: not available on this node");
+                self.waiting("ErrImagePull", Some(msg.clone()));
+                self.report().await;
+                self.event(EventKind::Warning, "Failed", msg);
+                // Mappings are fixed for the life of vod-kubelet, so retrying cannot help.
+                wait_stop(stop).await;
+                return Outcome::Stopped;
+            };
+            if pulled {
+                let msg = format!("Container image {image:?} already present on machine");
+                self.event(EventKind::Normal, "Pulled", msg);
+            } else {
+                self.event(
+                    EventKind::Normal,
+                    "Pulling",
+                    format!("Pulling image {image:?}"),
+                );
+                let msg = format!("Successfully pulled image {image:?} in 0s");
+                self.event(EventKind::Normal, "Pulled", msg);
+                pulled = true;
+            }
+
+            let prepared = match self.prepare(template).await {
+                Ok(p) => p,
+                Err(msg) => {
+                    self.waiting("CreateContainerConfigError", Some(msg.clone()));
+                    self.report().await;
+                    self.event(EventKind::Warning, "Failed", format!("Error: {msg}"));
+                    if sleep_or_stop(backoff.next_delay(), stop).await {
+                        return Outcome::Stopped;
+                    }
+                    continue;
+                }
+            };
+            let (mut child, pid) = match self.spawn(&prepared) {
+                Ok(x) => x,
+                Err(msg) => {
+                    self.waiting("RunContainerError", Some(msg.clone()));
+                    self.report().await;
+                    self.event(EventKind::Warning, "Failed", format!("Error: {msg}"));
+                    if sleep_or_stop(backoff.next_delay(), stop).await {
+                        return Outcome::Stopped;
+                    }
+                    continue;
+                }
+            };
+            let started_at = Timestamp::now();
+            let started_instant = Instant::now();
+            let name = self.c.name.clone();
+            self.run.track(&name, pid);
+            info!(pod = %self.run.pref, container = %name, pid, argv = ?prepared.argv, "started");
+            self.event(
+                EventKind::Normal,
+                "Created",
+                format!("Created container {name}"),
+            );
+            self.event(
+                EventKind::Normal,
+                "Started",
+                format!("Started container {name}"),
+            );
+            let container_id = format!("vod://{pid}");
+            self.status.state = State::Running { started_at };
+            self.status.started = true;
+            self.status.ready = self.kind == Kind::Main && self.c.readiness_probe.is_none();
+            self.status.container_id = Some(container_id.clone());
+            self.report().await;
+
+            let (exit, why) = self.supervise(&mut child, pid, started_instant, stop).await;
+            self.run.untrack(&name, pid);
+
+            let (exit_code, signal) = match exit {
+                Some(st) => match (st.code(), st.signal()) {
+                    (Some(code), _) => (code, None),
+                    (None, Some(sig)) => (128 + sig, Some(sig)),
+                    (None, None) => (255, None),
+                },
+                None => (255, None),
+            };
+            info!(pod = %self.run.pref, container = %name, exit_code, "exited");
+            let term = Term {
+                exit_code,
+                signal,
+                reason: if exit_code == 0 { "Completed" } else { "Error" }.into(),
+                message: None,
+                started_at,
+                finished_at: Timestamp::now(),
+                container_id: Some(container_id),
+            };
+            self.status.ready = false;
+            self.status.started = false;
+            if matches!(why, Why::Stopped) {
+                self.status.state = State::Terminated(term);
+                self.report().await;
+                return Outcome::Stopped;
+            }
+
+            let ok = exit_code == 0;
+            let policy = self.run.restart_policy().to_string();
+            let restart = match self.kind {
+                Kind::Init => !ok && policy != "Never",
+                Kind::Main => policy == "Always" || (policy == "OnFailure" && !ok),
+            };
+            if !restart {
+                // A completed init container counts as ready, as with the kubelet.
+                self.status.ready = self.kind == Kind::Init && ok;
+                self.status.state = State::Terminated(term);
+                self.report().await;
+                return if ok {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Failed
+                };
+            }
+
+            if started_instant.elapsed() >= BACKOFF_RESET_AFTER {
+                backoff = Backoff::new();
+            }
+            let delay = backoff.next_delay();
+            let msg = "Back-off restarting failed container".to_string();
+            match self.kind {
+                // The init container keeps showing how it failed until it is retried (kubectl:
+                // Init:Error), which is what a caller waiting on it needs to see.
+                Kind::Init => self.status.state = State::Terminated(term.clone()),
+                Kind::Main => {
+                    let p = &self.run.pref;
+                    let reason = format!(
+                        "back-off {} restarting failed container={name} pod={}_{}({})",
+                        humantime::format_duration(delay),
+                        p.name,
+                        p.namespace,
+                        p.uid
+                    );
+                    self.waiting("CrashLoopBackOff", Some(reason));
+                }
+            }
+            self.status.last = Some(term);
+            self.report().await;
+            self.event(EventKind::Warning, "BackOff", msg);
+            if sleep_or_stop(delay, stop).await {
+                return Outcome::Stopped;
+            }
+            self.status.restart_count += 1;
+        }
+    }
+
+    async fn prepare(&self, template: &Template) -> Result<Prepared, String> {
+        let run = &self.run;
+        let env = volumes::container_env(&run.ctx.client, &run.pod, &self.c, run.ip).await?;
+        let mut mounts = Mounts::default();
+        for vm in self.c.volume_mounts.as_deref().unwrap_or_default() {
+            let base = run
+                .volumes
+                .get(&vm.name)
+                .ok_or_else(|| format!("volumeMount {:?}: no volume of that name", vm.name))?;
+            let sub = match (&vm.sub_path, &vm.sub_path_expr) {
+                (Some(s), _) if !s.is_empty() => Some(s.clone()),
+                (_, Some(e)) if !e.is_empty() => Some(expand_refs(e, &env)),
+                _ => None,
+            };
+            let host = match sub {
+                Some(sub) => {
+                    let rel = safe_rel(&sub)
+                        .ok_or_else(|| format!("invalid subPath {sub:?} of {:?}", vm.name))?;
+                    let p = base.join(rel);
+                    // The kubelet creates a missing subPath as a directory; so do we.
+                    if tokio::fs::metadata(&p).await.is_err() {
+                        tokio::fs::create_dir_all(&p)
+                            .await
+                            .map_err(|e| format!("cannot create subPath {}: {e}", p.display()))?;
+                    }
+                    p
+                }
+                None => base.clone(),
+            };
+            mounts.add(&vm.mount_path, host);
+        }
+        let args: Vec<String> = self
+            .c
+            .command
+            .iter()
+            .flatten()
+            .chain(self.c.args.iter().flatten())
+            .map(|a| expand_refs(a, &env))
+            .collect();
+        let port = self
+            .c
+            .ports
+            .as_ref()
+            .and_then(|p| p.first())
+            .map(|p| p.container_port);
+        let argv = template.expand(&Expansion {
+            ip: run.ip,
+            port,
+            mounts: &mounts,
+            env: &env,
+            args: &args,
+        })?;
+        let cwd = self
+            .c
+            .working_dir
+            .as_deref()
+            .and_then(|w| mounts.host_path(w))
+            .unwrap_or_else(|| run.dir.clone());
+        Ok(Prepared { argv, env, cwd })
+    }
+
+    fn spawn(&self, p: &Prepared) -> Result<(Child, i32), String> {
+        let log_path = self.run.dir.join(format!("{}.log", self.c.name));
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(|e| format!("cannot open {}: {e}", log_path.display()))
+        };
+        let (out, err) = (open()?, open()?);
+        let mut cmd = Command::new(&p.argv[0]);
+        cmd.args(&p.argv[1..])
+            .envs(p.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&p.cwd)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // Its own group, so that stopping the container reaches everything it started.
+            .process_group(0)
+            // Backstop if this task is ever dropped without a clean stop.
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("failed to start {:?}: {e}", p.argv[0]))?;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .ok_or_else(|| "the process ended before it could be tracked".to_string())?;
+        Ok((child, pid))
+    }
+
+    /// Waits for the process to exit, the pod to stop, or the liveness probe to fail, probing
+    /// readiness meanwhile. Returns the exit status (when known) and why it ended.
+    async fn supervise(
+        &mut self,
+        child: &mut Child,
+        pgid: i32,
+        started: Instant,
+        stop: &mut StopRx,
+    ) -> (Option<ExitStatus>, Why) {
+        let main = self.kind == Kind::Main;
+        let ports = self.c.ports.clone().unwrap_or_default();
+        let new_probe = |p: &Option<Probe>, ready_first: bool| {
+            p.as_ref()
+                .filter(|_| main)
+                .map(|p| ProbeState::new(p, &ports, self.run.ip, started, ready_first))
+        };
+        let mut readiness = new_probe(&self.c.readiness_probe, false);
+        let mut liveness = new_probe(&self.c.liveness_probe, true);
+        loop {
+            tokio::select! {
+                st = child.wait() => {
+                    // Leftovers of the container (daemonised children) go with it.
+                    signal_group(pgid, Signal::SIGKILL);
+                    return (st.ok(), Why::Exited);
+                }
+                grace = wait_stop(stop) => {
+                    let st = terminate(child, pgid, grace).await;
+                    return (st, Why::Stopped);
+                }
+                res = poll_probe(readiness.as_mut()) => {
+                    let Some(p) = readiness.as_mut() else { continue };
+                    let changed = p.record(&res);
+                    if let Err(e) = &res {
+                        if p.should_warn() {
+                            self.event(
+                                EventKind::Warning,
+                                "Unhealthy",
+                                format!("Readiness probe failed: {e}"),
+                            );
+                        }
+                    }
+                    if changed {
+                        self.status.ready = p.ok;
+                        debug!(pod = %self.run.pref, container = %self.c.name, ready = p.ok, "readiness");
+                        self.report().await;
+                    }
+                }
+                res = poll_probe(liveness.as_mut()) => {
+                    let Some(p) = liveness.as_mut() else { continue };
+                    p.record(&res);
+                    if let Err(e) = &res {
+                        if !p.ok {
+                            let name = &self.c.name;
+                            self.event(
+                                EventKind::Warning,
+                                "Unhealthy",
+                                format!("Liveness probe failed: {e}"),
+                            );
+                            self.event(
+                                EventKind::Normal,
+                                "Killing",
+                                format!("Container {name} failed liveness probe, will be restarted"),
+                            );
+                            let st = terminate(child, pgid, self.run.grace()).await;
+                            return (st, Why::Unhealthy);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM to the group, SIGKILL once `grace` is over, and SIGKILL again for anything of the
+/// group that outlived its leader.
+async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> Option<ExitStatus> {
+    signal_group(pgid, Signal::SIGTERM);
+    let st = match timeout(grace, child.wait()).await {
+        Ok(st) => st.ok(),
+        Err(_) => {
+            signal_group(pgid, Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    };
+    signal_group(pgid, Signal::SIGKILL);
+    st
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Http {
+        host: String,
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// Exec probes would run inside the container; here they always pass.
+    Pass,
+    /// A probe that cannot work (unknown port name); fails with this message.
+    Broken(String),
+}
+
+type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+struct ProbeState {
+    action: Action,
+    next: Instant,
+    period: Duration,
+    timeout: Duration,
+    success_threshold: u32,
+    failure_threshold: u32,
+    successes: u32,
+    failures: u32,
+    /// Kept across `select!` iterations so that another branch firing does not restart it.
+    inflight: Option<ProbeFuture>,
+    ok: bool,
+    ever_ok: bool,
+    /// When a kubelet with the nominal period would have given up on a container that never
+    /// became ready; earlier failures are part of a normal start and not worth a Warning.
+    quiet_until: Instant,
+    warned: bool,
+}
+
+impl ProbeState {
+    fn new(
+        p: &Probe,
+        ports: &[k8s_openapi::api::core::v1::ContainerPort],
+        ip: Ipv4Addr,
+        started: Instant,
+        ok: bool,
+    ) -> Self {
+        let secs =
+            |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
+        let nominal = secs(p.period_seconds, 10).max(Duration::from_secs(1));
+        let initial = secs(p.initial_delay_seconds, 0);
+        let failure_threshold = p.failure_threshold.unwrap_or(3).max(1) as u32;
+        let resolve = |port: &IntOrString| -> Result<u16, String> {
+            match port {
+                IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+                IntOrString::String(name) => ports
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| u16::try_from(p.container_port).ok())
+                    .or_else(|| name.parse().ok())
+                    .ok_or_else(|| format!("port name {name:?} not found in the container")),
+            }
+        };
+        let action = if let Some(h) = &p.http_get {
+            match resolve(&h.port) {
+                Ok(port) => {
+                    let path = h.path.clone().unwrap_or_default();
+                    Action::Http {
+                        host: h.host.clone().unwrap_or_else(|| ip.to_string()),
+                        port,
+                        path: if path.starts_with('/') {
+                            path
+                        } else {
+                            format!("/{path}")
+                        },
+                        headers: h
+                            .http_headers
+                            .iter()
+                            .flatten()
+                            .map(|h| (h.name.clone(), h.value.clone()))
+                            .collect(),
+                    }
+                }
+                Err(e) => Action::Broken(e),
+            }
+        } else if let Some(t) = &p.tcp_socket {
+            match resolve(&t.port) {
+                Ok(port) => Action::Tcp {
+                    host: t.host.clone().unwrap_or_else(|| ip.to_string()),
+                    port,
+                },
+                Err(e) => Action::Broken(e),
+            }
+        } else {
+            Action::Pass
+        };
+        ProbeState {
+            action,
+            next: started + initial,
+            period: nominal.min(MAX_PROBE_PERIOD),
+            timeout: secs(p.timeout_seconds, 1)
+                .max(Duration::from_secs(1))
+                .min(MAX_PROBE_TIMEOUT),
+            success_threshold: p.success_threshold.unwrap_or(1).max(1) as u32,
+            failure_threshold,
+            successes: 0,
+            failures: 0,
+            inflight: None,
+            ok,
+            ever_ok: false,
+            quiet_until: started + initial + nominal * failure_threshold,
+            warned: false,
+        }
+    }
+
+    /// Records one result; true if `ok` flipped.
+    fn record(&mut self, res: &Result<(), String>) -> bool {
+        let before = self.ok;
+        match res {
+            Ok(()) => {
+                self.failures = 0;
+                self.successes += 1;
+                self.warned = false;
+                if self.successes >= self.success_threshold {
+                    self.ok = true;
+                    self.ever_ok = true;
+                }
+            }
+            Err(_) => {
+                self.successes = 0;
+                self.failures += 1;
+                if self.failures >= self.failure_threshold {
+                    self.ok = false;
+                }
+            }
+        }
+        before != self.ok
+    }
+
+    /// Once per failure streak that counts: past the threshold, and not during a normal start.
+    fn should_warn(&mut self) -> bool {
+        let counts = self.failures >= self.failure_threshold
+            && (self.ever_ok || Instant::now() >= self.quiet_until);
+        let warn = counts && !self.warned;
+        self.warned |= counts;
+        warn
+    }
+}
+
+/// The next probe result; never resolves without a probe. Cancel-safe: an interrupted probe
+/// stays in `inflight` and is resumed by the next call.
+async fn poll_probe(p: Option<&mut ProbeState>) -> Result<(), String> {
+    let Some(p) = p else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Some(f) = p.inflight.as_mut() {
+            let res = f.await;
+            p.inflight = None;
+            let period = if p.ever_ok || p.ok {
+                p.period
+            } else {
+                STARTUP_PROBE_PERIOD.min(p.period)
+            };
+            p.next = Instant::now() + period;
+            return res;
+        }
+        sleep_until(p.next).await;
+        p.inflight = Some(Box::pin(probe(p.action.clone(), p.timeout)));
+    }
+}
+
+async fn probe(action: Action, limit: Duration) -> Result<(), String> {
+    match action {
+        Action::Pass => Ok(()),
+        Action::Broken(e) => Err(e),
+        Action::Tcp { host, port } => {
+            match timeout(limit, TcpStream::connect((host.as_str(), port))).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
+                Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
+            }
+        }
+        Action::Http {
+            host,
+            port,
+            path,
+            headers,
+        } => {
+            let url = format!("http://{host}:{port}{path}");
+            match timeout(limit, http_get(&host, port, &path, &headers)).await {
+                Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
+                Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
+                Ok(Err(e)) => Err(format!("Get {url:?}: {e}")),
+                Err(_) => Err(format!(
+                    "Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+                )),
+            }
+        }
+    }
+}
+
+async fn http_get(
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<u16, String> {
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(conn);
+    let mut req = Request::get(path)
+        .header(header::HOST, format!("{host}:{port}"))
+        .header(header::USER_AGENT, "kube-probe/1.20");
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let result = match req.body(Empty::<Bytes>::new()) {
+        Ok(req) => send
+            .send_request(req)
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    // Only the status line matters; drop the connection instead of reading the body.
+    driver.abort();
+    result
+}
