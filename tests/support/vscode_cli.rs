@@ -68,7 +68,9 @@ pub async fn update_service(tarball: Vec<u8>, downloads: Arc<AtomicUsize>) -> St
                             downloads.fetch_add(1, Ordering::SeqCst);
                             Response::builder().body(Full::new(tarball))
                         } else {
-                            Response::builder().status(404).body(Full::new(Bytes::new()))
+                            Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::new()))
                         };
                         Ok::<_, std::convert::Infallible>(resp.unwrap())
                     }
