@@ -572,27 +572,32 @@ impl Runner {
             };
             mounts.add(&vm.mount_path, host);
         }
-        let args: Vec<String> = self
-            .c
-            .command
-            .iter()
-            .flatten()
-            .chain(self.c.args.iter().flatten())
-            .map(|a| expand_refs(a, &env))
-            .collect();
+        let expand = |words: &Option<Vec<String>>| -> Vec<String> {
+            words
+                .iter()
+                .flatten()
+                .map(|a| expand_refs(a, &env))
+                .collect()
+        };
+        let (command, args) = (expand(&self.c.command), expand(&self.c.args));
         let port = self
             .c
             .ports
             .as_ref()
             .and_then(|p| p.first())
             .map(|p| p.container_port);
-        let argv = template.expand(&Expansion {
+        let x = Expansion {
             ip: run.ip,
             port,
             mounts: &mounts,
             env: &env,
+            command: &command,
             args: &args,
-        })?;
+        };
+        let argv = template.expand(&x)?;
+        // Values like HOME=/vscode/home or a listen address name container paths too.
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.clone(), x.rewrite(v))).collect();
         let cwd = self
             .c
             .working_dir
@@ -612,8 +617,11 @@ impl Runner {
                 .map_err(|e| format!("cannot open {}: {e}", log_path.display()))
         };
         let (out, err) = (open()?, open()?);
-        let mut cmd = Command::new(&p.argv[0]);
-        cmd.args(&p.argv[1..])
+        let Some((program, args)) = p.argv.split_first() else {
+            return Err("empty command line".into());
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .envs(p.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&p.cwd)
             .stdin(Stdio::null())
@@ -625,7 +633,7 @@ impl Runner {
             .kill_on_drop(true);
         let child = cmd
             .spawn()
-            .map_err(|e| format!("failed to start {:?}: {e}", p.argv[0]))?;
+            .map_err(|e| format!("failed to start {program:?}: {e}"))?;
         let pid = child
             .id()
             .and_then(|id| i32::try_from(id).ok())

@@ -7,8 +7,10 @@
 //! IMAGE=TEMPLATE`, each pod gets its own loopback address from `--ip-range`, volumes become
 //! directories under `--state-dir` (a PersistentVolumeClaim keeps its directory across pods, so a
 //! workspace survives scale to zero), and pod status, conditions and Events are reported the way
-//! a kubelet reports them, so that a client of the API cannot tell the difference in what it
-//! watches.
+//! a kubelet reports them, closely enough for a client that only watches the API.
+//!
+//! Not emulated: resource limits, security contexts, affinity and taints (every pod lands on
+//! this node), exec probes (they pass), startup probes, and service account token projection.
 //!
 //! Layout of `--state-dir`:
 //! - `pvc/<namespace>/<claim>/`: PersistentVolumeClaim volumes, never removed.
@@ -26,6 +28,7 @@ mod volumes;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    io::IsTerminal,
     path::{Path, PathBuf},
     pin::pin,
     sync::{Arc, Mutex},
@@ -65,11 +68,20 @@ use crate::{
 #[derive(Parser, Debug)]
 #[command(
     about = "Test-only scheduler + kubelet that runs pods as local processes",
-    after_help = "TEMPLATE is split on whitespace (no shell) and expanded per container: {ip} \
-                  pod IP, {port} first containerPort, {mount:/path} host directory behind a \
-                  mount, {args} the container's command + args with mount paths rewritten to \
-                  host paths, {env:NAME} a variable of the container (or of vod-kubelet). \
-                  IMAGE matches exactly, or as a prefix when it ends in '*'."
+    after_help = "TEMPLATE is split on whitespace (no shell) and expanded for each container:\n  \
+        {ip}            the pod IP\n  \
+        {port}          the container's first containerPort\n  \
+        {mount:/path}   the host directory behind /path (a volumeMount, or below one)\n  \
+        {args}          the container's command + args, one word each\n  \
+        {command}       only its command\n  \
+        {args-only}     only its args\n  \
+        {env:NAME}      a variable of the container (else of vod-kubelet)\n\
+        In the container's words and env values, paths under a mountPath become host paths \
+        (at the start of a word, after '=' or ':', or inside an sh -c script), and the \
+        any-address (0.0.0.0, ::) becomes the pod IP. IMAGE matches exactly, or as a prefix \
+        when it ends in '*'; an exact match wins over a prefix, a longer prefix over a shorter \
+        one.\n\n\
+        Example: --image 'busybox=python3 -m http.server {port} --bind {ip}'"
 )]
 struct Args {
     /// Kubeconfig of the control plane to serve.
@@ -123,6 +135,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only clutter the log files that tests redirect stderr to.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -299,17 +299,20 @@ impl Worker {
             ..Default::default()
         };
         let mut backoff = Backoff::new();
-        for _ in 0..5 {
+        let mut shutdown = self.ctx.shutdown.clone();
+        // Retried for as long as it takes: once this worker is gone, later events about the pod
+        // are ignored, so nobody else would finish it.
+        loop {
             match api.delete(&pref.name, &dp).await {
                 Ok(_) => return,
                 // Gone already, or a different pod of the same name (precondition failed).
                 Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => return,
                 Err(e) => {
                     warn!(pod = %pref, error = %e, "cannot delete pod, retrying");
-                    if *self.ctx.shutdown.borrow() {
-                        return;
+                    tokio::select! {
+                        _ = sleep(backoff.next_delay()) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
                     }
-                    sleep(backoff.next_delay()).await;
                 }
             }
         }

@@ -74,9 +74,18 @@ pub struct Template {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Word {
-    /// `{args}`: becomes any number of words, so it must stand alone.
-    Args,
+    /// `{args}`, `{command}`, `{args-only}`: any number of words, so they must stand alone.
+    Words(Sel),
     Parts(Vec<Part>),
+}
+
+/// Which of the container's words a list placeholder stands for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sel {
+    /// `command` followed by `args`, the whole argv of a container.
+    All,
+    Command,
+    ArgsOnly,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -94,8 +103,14 @@ impl FromStr for Template {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut words = Vec::new();
         for w in s.split_whitespace() {
-            if w == "{args}" {
-                words.push(Word::Args);
+            let sel = match w {
+                "{args}" => Some(Sel::All),
+                "{command}" => Some(Sel::Command),
+                "{args-only}" => Some(Sel::ArgsOnly),
+                _ => None,
+            };
+            if let Some(sel) = sel {
+                words.push(Word::Words(sel));
                 continue;
             }
             words.push(Word::Parts(parse_word(w)?));
@@ -122,9 +137,9 @@ fn parse_word(w: &str) -> Result<Vec<Part>, String> {
         parts.push(match name {
             "ip" => Part::Ip,
             "port" => Part::Port,
-            "args" => {
+            "args" | "command" | "args-only" => {
                 return Err(format!(
-                    "{{args}} must be a word of its own in the template, not part of {w:?}"
+                    "{{{name}}} must be a word of its own in the template, not part of {w:?}"
                 ))
             }
             _ => {
@@ -141,7 +156,7 @@ fn parse_word(w: &str) -> Result<Vec<Part>, String> {
                 } else {
                     return Err(format!(
                         "unknown placeholder {{{name}}} in {w:?} (known: {{ip}}, {{port}}, \
-                         {{args}}, {{mount:/path}}, {{env:NAME}})"
+                         {{args}}, {{command}}, {{args-only}}, {{mount:/path}}, {{env:NAME}})"
                     ));
                 }
             }
@@ -161,8 +176,41 @@ pub struct Expansion<'a> {
     pub mounts: &'a Mounts,
     /// The container's resolved environment, in definition order.
     pub env: &'a [(String, String)],
-    /// `command` + `args` after `$(VAR)` expansion, not yet rewritten through the mounts.
+    /// The container's `command` and `args` after `$(VAR)` expansion, not yet rewritten.
+    pub command: &'a [String],
     pub args: &'a [String],
+}
+
+impl Expansion<'_> {
+    /// What a container's word or env value means on the host: paths under mounts become host
+    /// paths, and the any-address becomes the pod IP.
+    pub fn rewrite(&self, word: &str) -> String {
+        rewrite_any_addr(&self.mounts.rewrite_word(word), self.ip)
+    }
+}
+
+/// Replaces the any-address in a word (`0.0.0.0`, `0.0.0.0:8080`, `--host=0.0.0.0`, `::`,
+/// `[::]:8080`) with `ip`. In a container it means "every interface of the pod"; here every pod
+/// shares the host's interfaces, so binding it would clash with every other pod on the same port.
+pub fn rewrite_any_addr(word: &str, ip: Ipv4Addr) -> String {
+    let sub = |v: &str| -> Option<String> {
+        if v == "0.0.0.0" || v == "::" || v == "[::]" {
+            return Some(ip.to_string());
+        }
+        let port = v
+            .strip_prefix("0.0.0.0:")
+            .or_else(|| v.strip_prefix("[::]:"))?;
+        Some(format!("{ip}:{port}"))
+    };
+    if let Some(s) = sub(word) {
+        return s;
+    }
+    if let Some((flag, value)) = word.split_once('=') {
+        if let Some(s) = sub(value) {
+            return format!("{flag}={s}");
+        }
+    }
+    word.to_string()
 }
 
 impl Template {
@@ -170,7 +218,14 @@ impl Template {
         let mut argv = Vec::new();
         for word in &self.words {
             match word {
-                Word::Args => argv.extend(x.args.iter().map(|a| x.mounts.rewrite_word(a))),
+                Word::Words(sel) => {
+                    let (cmd, args): (&[String], &[String]) = match sel {
+                        Sel::All => (x.command, x.args),
+                        Sel::Command => (x.command, &[]),
+                        Sel::ArgsOnly => (&[], x.args),
+                    };
+                    argv.extend(cmd.iter().chain(args).map(|a| x.rewrite(a)));
+                }
                 Word::Parts(parts) => {
                     let mut out = String::new();
                     for part in parts {
@@ -204,7 +259,7 @@ impl Template {
                                              neither the container nor vod-kubelet has {name}"
                                         )
                                     })?;
-                                out.push_str(&value);
+                                out.push_str(&x.rewrite(&value));
                             }
                         }
                     }
@@ -290,7 +345,9 @@ impl Mounts {
                 if rest.is_empty() {
                     Some((mp.len(), host.clone()))
                 } else {
-                    let rel = rest.strip_prefix('/')?;
+                    // Extra slashes must not make `rel` absolute, which `join` would take as
+                    // a replacement for `host`.
+                    let rel = rest.strip_prefix('/')?.trim_start_matches('/');
                     Some((mp.len(), host.join(rel)))
                 }
             })
@@ -298,22 +355,45 @@ impl Mounts {
             .map(|(_, p)| p)
     }
 
-    /// Rewrites a command-line word that is a container path, or a `--flag=/path` whose value is
-    /// one, so that programs meant to run inside a container find their files on the host.
+    /// Rewrites the container paths in a command-line word to host paths, so that programs
+    /// meant to run inside a container find their files on the host. A path is rewritten where
+    /// it starts the word or follows a separator (`--flag=/path`, `PATH=/a:/b`, or a path
+    /// inside an `sh -c` script); one that is under no mount is left alone.
     pub fn rewrite_word(&self, word: &str) -> String {
-        if word.starts_with('/') {
-            if let Some(p) = self.host_path(word) {
-                return p.to_string_lossy().into_owned();
-            }
-        } else if let Some((flag, value)) = word.split_once('=') {
-            if value.starts_with('/') {
-                if let Some(p) = self.host_path(value) {
-                    return format!("{flag}={}", p.to_string_lossy());
+        let mut out = String::with_capacity(word.len());
+        let mut rest = word;
+        let mut after_sep = true;
+        while let Some(c) = rest.chars().next() {
+            if c == '/' && after_sep {
+                let end = rest.find(is_sep).unwrap_or(rest.len());
+                let token = &rest[..end];
+                // `//host/...` after a `scheme:` is a URL, not a path.
+                let path = (!token.starts_with("//")).then(|| self.host_path(token));
+                match path.flatten() {
+                    Some(host) => {
+                        out.push_str(&host.to_string_lossy());
+                        // `cp x /mnt/` and `cp x /mnt` differ when the target is missing.
+                        if token.ends_with('/') && !out.ends_with('/') {
+                            out.push('/');
+                        }
+                    }
+                    None => out.push_str(token),
                 }
+                rest = &rest[end..];
+                after_sep = false;
+                continue;
             }
+            out.push(c);
+            after_sep = is_sep(c);
+            rest = &rest[c.len_utf8()..];
         }
-        word.to_string()
+        out
     }
+}
+
+/// Characters that end a path inside a word (and may start one).
+fn is_sep(c: char) -> bool {
+    c.is_whitespace() || "=:;,'\"<>()|&`".contains(c)
 }
 
 #[cfg(test)]
@@ -354,10 +434,13 @@ mod tests {
             .expect("valid");
         let m = mounts();
         let env = vec![("A".to_string(), "1".to_string())];
+        let command = vec!["/vscode/cli/code".to_string()];
         let args = vec![
-            "/vscode/cli/code".to_string(),
             "--data=/vscode/data/u".to_string(),
             "/etc/passwd".to_string(),
+            "--host".to_string(),
+            "0.0.0.0".to_string(),
+            "--bind=[::]:80".to_string(),
         ];
         let argv = t
             .expand(&Expansion {
@@ -365,6 +448,7 @@ mod tests {
                 port: Some(8000),
                 mounts: &m,
                 env: &env,
+                command: &command,
                 args: &args,
             })
             .expect("expands");
@@ -374,6 +458,9 @@ mod tests {
                 "/state/pvc/ns/claim/cli/code",
                 "--data=/state/pods/u/data/u",
                 "/etc/passwd",
+                "--host",
+                "127.0.0.9",
+                "--bind=127.0.0.9:80",
                 "--host",
                 "127.0.0.9",
                 "--port=8000",
@@ -398,15 +485,39 @@ mod tests {
             port: None,
             mounts: &m,
             env: &[],
+            command: &[],
             args: &[],
         });
         assert!(none.is_err());
+        assert!("x{command}".parse::<Template>().is_err());
+        let t: Template = "/bin/tool {args-only}".parse().expect("valid");
+        let only = t.expand(&Expansion {
+            ip: Ipv4Addr::LOCALHOST,
+            port: None,
+            mounts: &m,
+            env: &[],
+            command: &["/tool".to_string()],
+            args: &["a".to_string()],
+        });
+        assert_eq!(only.expect("expands"), ["/bin/tool", "a"]);
     }
 
     #[test]
     fn mount_prefix_is_per_component() {
         let m = mounts();
         assert_eq!(m.host_path("/vscodex"), None);
+        assert_eq!(
+            m.rewrite_word("cp -r /opt/x /vscode/ && echo ok >/vscode/data/f;ls /vscodex"),
+            "cp -r /opt/x /state/pvc/ns/claim/ && echo ok >/state/pods/u/data/f;ls /vscodex"
+        );
+        assert_eq!(
+            m.rewrite_word("PATH=/bin:/vscode/bin http://h/vscode/a"),
+            "PATH=/bin:/state/pvc/ns/claim/bin http://h/vscode/a"
+        );
+        let mut root = Mounts::default();
+        root.add("/", PathBuf::from("/r"));
+        assert_eq!(root.rewrite_word("http://x/y"), "http://x/y");
+        assert_eq!(root.rewrite_word("/a//b"), "/r/a//b");
         assert_eq!(
             m.host_path("/vscode"),
             Some(PathBuf::from("/state/pvc/ns/claim"))
