@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need (cached outside the clone), checks
-# formatting and lints, then runs every test, including the real VS Code + Chromium one.
+# formatting and lints, then runs every test, including the real VS Code + Chromium one and
+# the Kubernetes backend against a real API server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash scripts/install-test-deps.sh)"
+# The Kubernetes tests run against a real API server built from source: ~10 minutes the first
+# time, a no-op once it is in the cache.
+bash scripts/kube-testenv.sh build
 cargo fmt --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --all-features

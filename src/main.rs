@@ -35,6 +35,16 @@ fn main() -> std::process::ExitCode {
                 );
                 Ok(())
             }
+            Command::InstallCli {
+                version,
+                dest,
+                download_url,
+            } => {
+                let path =
+                    vscode_on_demand::cli::install_cli(&download_url, &version, &dest).await?;
+                println!("{}", path.display());
+                Ok(())
+            }
             other => vscode_on_demand::cli::run(other)
                 .await
                 .map_err(anyhow::Error::from),

@@ -183,6 +183,7 @@ impl Lifecycle {
             if matches!(s.state, State::Running | State::Starting | State::Failed) {
                 s.state = State::Stopping;
                 s.message = format!("stopping ({reason})");
+                s.stop_reason = Some(reason.to_owned());
                 true
             } else {
                 false
@@ -192,6 +193,9 @@ impl Lifecycle {
             return false;
         }
         tracing::info!(instance = %inst.id, reason, "stopping");
+        if let Err(e) = self.orchestrator.save(&inst.record()).await {
+            tracing::warn!(instance = %inst.id, error = %e, "saving instance state failed");
+        }
         if let Err(e) = self.orchestrator.stop(&inst.id).await {
             tracing::warn!(instance = %inst.id, error = %e, "stop failed");
         }

@@ -28,11 +28,13 @@ pub use objects::KubeSettings;
 const POLL: Duration = Duration::from_millis(250);
 const STOP_WAIT: Duration = Duration::from_secs(60);
 /// Container states that will not fix themselves: a start fails at once with the reason.
-const FATAL_WAITING: [&str; 5] = [
+const FATAL_WAITING: [&str; 7] = [
     "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",
     "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
     "CrashLoopBackOff",
 ];
 

@@ -81,10 +81,6 @@ pub fn deployment(rec: &InstanceRecord, s: &KubeSettings, replicas: u8) -> Value
             "image": s.installer_image,
             "command": ["/vscode-on-demand"],
             "args": ["install-cli", "--version", spec.vscode_version, "--dest", CONFIG_MOUNT, "--download-url", s.download_url],
-            "env": [
-                { "name": "VOD_VSCODE_VERSION", "value": spec.vscode_version },
-                { "name": "VOD_VSCODE_DOWNLOAD_URL", "value": s.download_url },
-            ],
             "volumeMounts": [{ "name": "config", "mountPath": CONFIG_MOUNT }],
             "resources": { "requests": { "cpu": "50m", "memory": "64Mi" }, "limits": { "cpu": "1", "memory": "256Mi" } },
             "securityContext": { "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true },

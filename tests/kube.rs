@@ -1,0 +1,359 @@
+//! The Kubernetes backend against a real API server (etcd + kube-apiserver with RBAC +
+//! kube-controller-manager, from `scripts/kube-testenv.sh`), with `vod-kubelet` running pods as
+//! local processes. The proxy authenticates as the ServiceAccount bound to the manifests' Role,
+//! so every call it makes is proven to be allowed by that Role.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, StatusCode};
+use serde_json::json;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+use support::kube::{ControlPlane, Kubelet};
+use support::vscode_cli::{fake_cli_tarball, update_service};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+const NS: &str = "vod-e2e";
+const INSTALLER: &str = "vscode-on-demand:test";
+
+fn proxy_args<'a>(kubeconfig: &'a str, download: &'a str) -> Vec<&'a str> {
+    vec![
+        "--backend",
+        "kube",
+        "--kubeconfig",
+        kubeconfig,
+        "--namespace",
+        NS,
+        "--installer-image",
+        INSTALLER,
+        "--vscode-download-url",
+        download,
+        "--idle-timeout",
+        "6s",
+        "--reap-interval",
+        "500ms",
+        "--start-timeout",
+        "60s",
+    ]
+}
+
+/// What the cluster, the kubelet and the proxies said, for a failed assertion.
+fn diagnose(cp: &ControlPlane, tmp: &std::path::Path) -> String {
+    let tail = |p: std::path::PathBuf| {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- {}\n{}",
+            p.display(),
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    };
+    let get = |what: &str| {
+        String::from_utf8_lossy(&cp.kubectl(&["-n", NS, "get", what, "-o", "wide"]).stdout)
+            .into_owned()
+    };
+    [
+        get("pods"),
+        get("events"),
+        tail(tmp.join("kubelet.log")),
+        tail(tmp.join("proxy-a.server.log")),
+        tail(tmp.join("proxy-b.server.log")),
+    ]
+    .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_are_deployments_scaled_between_zero_and_one() {
+    let tmp = tempdir();
+    let cp = ControlPlane::start(&tmp.path().join("cp"));
+    cp.ok(&["create", "namespace", NS]);
+    cp.ok(&[
+        "-n",
+        NS,
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/rbac.yaml"),
+    ]);
+    let sa_kc =
+        cp.service_account_kubeconfig(NS, "vscode-on-demand", &tmp.path().join("sa.kubeconfig"));
+    let denied = cp.kubectl(&[
+        "--kubeconfig",
+        sa_kc.to_str().unwrap(),
+        "-n",
+        NS,
+        "get",
+        "nodes",
+    ]);
+    assert!(
+        !denied.status.success(),
+        "the proxy's account has no cluster-wide rights"
+    );
+
+    let downloads = Arc::new(AtomicUsize::new(0));
+    let download = update_service(fake_cli_tarball(tmp.path()), downloads.clone()).await;
+    let kubelet = Kubelet::start(
+        &cp,
+        &tmp.path().join("kubelet"),
+        &[
+            format!("{INSTALLER}={BIN} {{args-only}}"),
+            "ubuntu:24.04={args}".to_owned(),
+        ],
+    );
+
+    let data_a = tmp.path().join("proxy-a");
+    std::fs::create_dir_all(&data_a).unwrap();
+    let sa = sa_kc.to_str().unwrap();
+    let mut a = Server::start(&data_a, &proxy_args(sa, &download));
+
+    // Create: the exact objects exist, labelled, the owned ones owned by the Deployment.
+    let c = a
+        .create(json!({"user_id": "kuser", "storage_size": "1Gi"}))
+        .await;
+    let name = format!("vsc-{}", c.id);
+    let d = cp.json(&["-n", NS, "get", "deployment", &name]);
+    assert_eq!(d["spec"]["replicas"], 0, "created stopped");
+    assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(
+        d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "vscode-on-demand"
+    );
+    assert_eq!(d["metadata"]["labels"]["vscode-on-demand.io/user"], "kuser");
+    let uid = d["metadata"]["uid"].as_str().unwrap().to_owned();
+    for (kind, obj) in [
+        ("service", name.clone()),
+        ("secret", format!("{name}-token")),
+        ("pvc", format!("{name}-config")),
+    ] {
+        let o = cp.json(&["-n", NS, "get", kind, &obj]);
+        assert_eq!(
+            o["metadata"]["ownerReferences"][0]["uid"],
+            uid.as_str(),
+            "{kind} {obj} is owned"
+        );
+        assert_eq!(
+            o["metadata"]["labels"]["vscode-on-demand.io/instance"],
+            c.id.as_str()
+        );
+    }
+    let token = cp.ok(&[
+        "-n",
+        NS,
+        "get",
+        "secret",
+        &format!("{name}-token"),
+        "-o",
+        "go-template={{.data.token | base64decode}}",
+    ]);
+    assert_eq!(token, c.token, "the token lives in a Secret");
+    let ws = cp.json(&["-n", NS, "get", "pvc", "vsc-ws-kuser"]);
+    assert!(
+        ws["metadata"]["ownerReferences"].is_null(),
+        "nothing owns the workspace"
+    );
+    assert_eq!(ws["spec"]["resources"]["requests"]["storage"], "1Gi");
+    let cms = cp.json(&[
+        "-n",
+        NS,
+        "get",
+        "configmaps",
+        "-l",
+        "app.kubernetes.io/managed-by=vscode-on-demand",
+    ]);
+    assert_eq!(cms["items"], json!([]), "no ConfigMaps");
+
+    // First visit: the pod is scheduled, VS Code installed by the init container, then proxied.
+    let r = a.fetch(&c, Method::GET, "/echo/first", "").await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", diagnose(&cp, tmp.path()));
+    let v = body_json(r).await;
+    assert_eq!(
+        v["path"],
+        format!("/instances/{}/echo/first", c.id),
+        "serve-web keeps the base path"
+    );
+    assert_eq!(
+        cp.json(&["-n", NS, "get", "deployment", &name])["spec"]["replicas"],
+        1
+    );
+    assert_eq!(downloads.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let origin = format!("https://{}", a.host);
+    let mut ws_conn = a
+        .websocket(
+            &format!("/instances/{}/ws", c.id),
+            Some(&format!("vod_tkn={}", c.token)),
+            Some(&origin),
+        )
+        .await
+        .unwrap();
+    ws_conn.send(Message::text("through kube")).await.unwrap();
+    assert_eq!(
+        ws_conn.next().await.unwrap().unwrap(),
+        Message::text("through kube")
+    );
+    drop(ws_conn);
+    let r = a
+        .fetch(&c, Method::PUT, "/workspace-file?name=k.txt", "persisted")
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        std::fs::read_to_string(kubelet.claim_dir(NS, "vsc-ws-kuser").join("k.txt")).unwrap(),
+        "persisted",
+        "the file is on the workspace volume"
+    );
+
+    // A second replica serves the same instance at once, from the cluster's state alone.
+    let data_b = tmp.path().join("proxy-b");
+    std::fs::create_dir_all(&data_b).unwrap();
+    let b = Server::start(&data_b, &proxy_args(sa, &download));
+    let r = b.fetch(&c, Method::GET, "/small", "").await;
+    assert_eq!(
+        body_text(r).await,
+        "hello",
+        "replica b knows the instance and its token"
+    );
+
+    // Idle: scaled to zero, the pod goes away.
+    cp.wait(
+        "the idle instance to scale to zero",
+        Duration::from_secs(40),
+        || cp.json(&["-n", NS, "get", "deployment", &name])["spec"]["replicas"] == 0,
+    );
+    cp.wait("the pod to go away", Duration::from_secs(30), || {
+        cp.json(&[
+            "-n",
+            NS,
+            "get",
+            "pods",
+            "-l",
+            &format!("vscode-on-demand.io/instance={}", c.id),
+        ])["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    b.wait_state(&c.id, "Stopped", Duration::from_secs(10))
+        .await;
+    let (_, v) = b
+        .api(Method::GET, &format!("/api/instances/{}", c.id), None)
+        .await;
+    assert_eq!(v["stop_reason"], "idle", "{v}");
+
+    // Wake through the other replica; the workspace survived.
+    let r = b
+        .fetch(&c, Method::GET, "/workspace-file?name=k.txt", "")
+        .await;
+    assert_eq!(body_text(r).await, "persisted");
+    assert_eq!(
+        downloads.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "VS Code is cached on the config volume"
+    );
+
+    // A restarted proxy serves every route immediately.
+    a.terminate();
+    a = Server::start(&data_a, &proxy_args(sa, &download));
+    let r = a.fetch(&c, Method::GET, "/small", "").await;
+    assert_eq!(body_text(r).await, "hello");
+    assert_eq!(
+        cp.json(&["-n", NS, "get", "deployment", &name])["spec"]["replicas"],
+        1,
+        "a proxy restart does not stop instances"
+    );
+
+    // Delete: one call; everything but the workspace goes.
+    let (st, _) = a
+        .api(Method::DELETE, &format!("/api/instances/{}", c.id), None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    cp.wait(
+        "owned objects to be collected",
+        Duration::from_secs(60),
+        || {
+            !cp.exists(NS, "deployment", &name)
+                && !cp.exists(NS, "service", &name)
+                && !cp.exists(NS, "secret", &format!("{name}-token"))
+                && !cp.exists(NS, "pvc", &format!("{name}-config"))
+        },
+    );
+    assert!(cp.exists(NS, "pvc", "vsc-ws-kuser"), "the workspace stays");
+    b.wait_state(&c.id, "?", Duration::from_secs(10)).await;
+
+    // The API server goes away for a while: open sessions keep working, starts fail fast with
+    // a clear error, and everything recovers when it is back.
+    let up = a.create(json!({"user_id": "kuser"})).await;
+    let down = a.create(json!({"user_id": "other"})).await;
+    let r = a.fetch(&up, Method::GET, "/small", "").await;
+    assert_eq!(body_text(r).await, "hello");
+    let origin = format!("https://{}", a.host);
+    let mut open = a
+        .websocket(
+            &format!("/instances/{}/ws", up.id),
+            Some(&format!("vod_tkn={}", up.token)),
+            Some(&origin),
+        )
+        .await
+        .unwrap();
+    let stopped = cp.stop_apiserver();
+    for i in 0..3 {
+        let msg = format!("still here {i}");
+        open.send(Message::text(msg.clone())).await.unwrap();
+        assert_eq!(open.next().await.unwrap().unwrap(), Message::text(msg));
+        let r = a.fetch(&up, Method::GET, "/small", "").await;
+        assert_eq!(
+            body_text(r).await,
+            "hello",
+            "a running instance stays reachable"
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let (st, v) = a
+        .api(
+            Method::POST,
+            &format!("/api/instances/{}/start", down.id),
+            None,
+        )
+        .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "a start fails fast: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(st, StatusCode::BAD_GATEWAY, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("Kubernetes API"),
+        "{v}"
+    );
+    stopped.restart(&cp);
+    let (st, v) = a
+        .api(
+            Method::POST,
+            &format!("/api/instances/{}/start", down.id),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["status"].as_str()),
+        (StatusCode::OK, Some("Running")),
+        "{v}"
+    );
+    drop(open);
+
+    let dry = cp.kubectl(&[
+        "-n",
+        NS,
+        "apply",
+        "--dry-run=server",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/"),
+    ]);
+    let stderr = String::from_utf8_lossy(&dry.stderr);
+    // 1.20 predates policy/v1 (deploy.sh rewrites it there); everything else must pass as is.
+    let other_errors: Vec<_> = stderr
+        .lines()
+        .filter(|l| !l.contains("PodDisruptionBudget") && !l.trim().is_empty())
+        .collect();
+    assert!(other_errors.is_empty(), "server-side dry run: {stderr}");
+}
