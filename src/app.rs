@@ -8,7 +8,7 @@ use crate::lifecycle::{Lifecycle, Reaper};
 use crate::orchestrator::kube::{Kube, KubeSettings};
 use crate::orchestrator::local::Local;
 use crate::orchestrator::Orchestrator;
-use crate::registry::{Instance, Registry};
+use crate::registry::Registry;
 use crate::server::{self, ServerLimits};
 use crate::state::Shared;
 use crate::tls;
@@ -155,7 +155,7 @@ impl App {
         };
         let registry = Arc::new(Registry::new());
         for rec in orchestrator.load().await? {
-            registry.insert(Arc::new(Instance::from_record(rec, State::Stopped)));
+            registry.insert(registry.instance(rec, State::Stopped));
         }
         let shutdown = CancellationToken::new();
         let lifecycle = Arc::new(Lifecycle {
@@ -170,6 +170,7 @@ impl App {
                 .max_idle_timeout
                 .as_secs()
                 .max(cfg.idle_timeout.as_secs()),
+            idle_notice_secs: cfg.idle_notice.as_secs(),
             ..SpecDefaults::default()
         };
         let shared = Arc::new(Shared::new(
@@ -227,7 +228,9 @@ impl App {
         let _ = reaper.await;
         let _ = follower.await;
         if self.lifecycle.orchestrator.instances_end_with_server() {
-            self.lifecycle.stop_all("shutdown").await;
+            self.lifecycle
+                .stop_all(crate::lifecycle::reason::SHUTDOWN)
+                .await;
         }
         for inst in self.lifecycle.registry.all() {
             let _ = self.lifecycle.orchestrator.save(&inst.record()).await;

@@ -41,6 +41,9 @@ pub enum Command {
     Start(InstanceArgs),
     /// Stop an instance (scale to zero); its files stay.
     Stop(InstanceArgs),
+    /// Count as activity on a running instance, so it is not stopped as idle; with
+    /// `--busy-for` or `--busy-until` it counts as active until then (long jobs).
+    Keepalive(KeepaliveArgs),
     /// Show a user's workspace.
     Workspace {
         #[arg(long)]
@@ -124,6 +127,10 @@ pub struct ServeConfig {
     /// Largest per-instance idle timeout a client may ask for.
     #[arg(long, env = "VOD_MAX_IDLE_TIMEOUT", value_parser = duration, default_value = "24h")]
     pub max_idle_timeout: Duration,
+    /// How long before an idle stop open pages show a notice (per-instance `idle_notice`
+    /// overrides it; never longer than the instance's idle timeout; 0s for none).
+    #[arg(long, env = "VOD_IDLE_NOTICE", value_parser = duration, default_value = "2m")]
+    pub idle_notice: Duration,
     /// How long a start may take before it fails (held requests then get 503).
     #[arg(long, env = "VOD_START_TIMEOUT", value_parser = duration, default_value = "120s")]
     pub start_timeout: Duration,
@@ -262,6 +269,20 @@ pub struct InstanceArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct KeepaliveArgs {
+    #[arg(long)]
+    pub instance_id: String,
+    /// Busy for this long from now (e.g. 2h).
+    #[arg(long, value_parser = duration, conflicts_with = "busy_until")]
+    pub busy_for: Option<Duration>,
+    /// Busy until this time: Unix seconds or RFC 3339 (e.g. 2030-01-01T12:00:00Z).
+    #[arg(long)]
+    pub busy_until: Option<String>,
+    #[command(flatten)]
+    pub client: ClientConfig,
+}
+
+#[derive(Debug, Args)]
 pub struct CreateArgs {
     #[arg(long)]
     pub user_id: String,
@@ -284,6 +305,9 @@ pub struct CreateArgs {
     /// Seconds without activity before the instance is stopped.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// Seconds before an idle stop that open pages show a notice (0: none).
+    #[arg(long)]
+    pub idle_notice: Option<u64>,
     #[command(flatten)]
     pub client: ClientConfig,
 }
@@ -297,6 +321,7 @@ mod tests {
         let c =
             ServeConfig::from_args(["--listen", "127.0.0.1:0", "--idle-timeout", "20s"]).unwrap();
         assert_eq!(c.idle_timeout, Duration::from_secs(20));
+        assert_eq!(c.idle_notice, Duration::from_secs(120));
         assert_eq!(c.start_timeout, Duration::from_secs(120));
         assert_eq!(c.backend, Backend::Local);
         assert!(ServeConfig::from_args(["--idle-timeout", "soon"]).is_err());

@@ -295,6 +295,8 @@ pub struct CreateRequest {
     pub cpu_limit: Option<String>,
     /// Seconds without activity before the instance is stopped.
     pub idle_timeout: Option<u64>,
+    /// Seconds before an idle stop that open pages show a notice (0: no notice).
+    pub idle_notice: Option<u64>,
 }
 
 /// The validated, complete description of what an instance runs.
@@ -308,6 +310,19 @@ pub struct InstanceSpec {
     pub cpu_request: String,
     pub cpu_limit: String,
     pub idle_timeout_secs: u64,
+    /// How long before an idle stop open pages say so; absent in records stored before it
+    /// existed, which then get the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_notice_secs: Option<u64>,
+}
+
+impl InstanceSpec {
+    /// The notice lead time, never longer than the idle timeout.
+    pub fn idle_notice_secs(&self, default_secs: u64) -> u64 {
+        self.idle_notice_secs
+            .unwrap_or(default_secs)
+            .min(self.idle_timeout_secs)
+    }
 }
 
 /// Server-side defaults and bounds applied to every [`CreateRequest`].
@@ -322,6 +337,7 @@ pub struct SpecDefaults {
     pub cpu_limit: String,
     pub idle_timeout_secs: u64,
     pub max_idle_timeout_secs: u64,
+    pub idle_notice_secs: u64,
 }
 
 impl Default for SpecDefaults {
@@ -336,6 +352,7 @@ impl Default for SpecDefaults {
             cpu_limit: "1000m".into(),
             idle_timeout_secs: 30 * 60,
             max_idle_timeout_secs: 24 * 3600,
+            idle_notice_secs: 2 * 60,
         }
     }
 }
@@ -345,7 +362,7 @@ impl CreateRequest {
     pub fn validate(self, d: &SpecDefaults) -> Result<(UserId, InstanceSpec), Invalid> {
         let user = UserId::parse(&self.user_id)?;
         let pick = |v: Option<String>, def: &str| v.unwrap_or_else(|| def.to_owned());
-        let spec = InstanceSpec {
+        let mut spec = InstanceSpec {
             base_image: pick(self.base_image, &d.base_image),
             vscode_version: pick(self.vscode_version, &d.vscode_version),
             storage_size: pick(self.storage_size, &d.storage_size),
@@ -354,6 +371,7 @@ impl CreateRequest {
             cpu_request: pick(self.cpu_request, &d.cpu_request),
             cpu_limit: pick(self.cpu_limit, &d.cpu_limit),
             idle_timeout_secs: self.idle_timeout.unwrap_or(d.idle_timeout_secs),
+            idle_notice_secs: None,
         };
         image_ref(&spec.base_image)?;
         vscode_version(&spec.vscode_version)?;
@@ -389,6 +407,20 @@ impl CreateRequest {
                 ),
             ));
         }
+        spec.idle_notice_secs = match self.idle_notice {
+            Some(n) if n > spec.idle_timeout_secs => {
+                return Err(invalid(
+                    "idle_notice",
+                    format!(
+                        "idle_notice must be between 0 and the idle timeout ({} seconds)",
+                        spec.idle_timeout_secs
+                    ),
+                ))
+            }
+            Some(n) => Some(n),
+            // A default longer than a short timeout shrinks to it rather than refusing.
+            None => Some(d.idle_notice_secs.min(spec.idle_timeout_secs)),
+        };
         Ok((user, spec))
     }
 }
@@ -547,6 +579,36 @@ mod tests {
         };
         let e = req.validate(&SpecDefaults::default()).unwrap_err();
         assert_eq!(e.field, "memory_request");
+    }
+
+    #[test]
+    fn idle_notice_is_within_the_timeout() {
+        let d = SpecDefaults::default();
+        let req = |timeout: Option<u64>, notice: Option<u64>| CreateRequest {
+            user_id: "u".into(),
+            idle_timeout: timeout,
+            idle_notice: notice,
+            ..Default::default()
+        };
+        let (_, spec) = req(None, None).validate(&d).unwrap();
+        assert_eq!(spec.idle_notice_secs, Some(d.idle_notice_secs));
+        let (_, spec) = req(Some(60), None).validate(&d).unwrap();
+        assert_eq!(spec.idle_notice_secs, Some(60), "the default shrinks");
+        let (_, spec) = req(Some(60), Some(0)).validate(&d).unwrap();
+        assert_eq!(spec.idle_notice_secs(d.idle_notice_secs), 0);
+        let e = req(Some(60), Some(61)).validate(&d).unwrap_err();
+        assert_eq!(e.field, "idle_notice");
+        let legacy: InstanceSpec = serde_json::from_value(serde_json::json!({
+            "base_image": "b", "vscode_version": "latest", "storage_size": "1Gi",
+            "memory_request": "1Gi", "memory_limit": "1Gi", "cpu_request": "1",
+            "cpu_limit": "1", "idle_timeout_secs": 100
+        }))
+        .unwrap();
+        assert_eq!(
+            legacy.idle_notice_secs(300),
+            100,
+            "old records take the default"
+        );
     }
 
     #[test]

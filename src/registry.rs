@@ -3,6 +3,9 @@
 //! Lookups on the request path take one shard read lock (DashMap) and clone an `Arc`; status
 //! changes go through a `watch` channel so that waiters (held requests, event streams, the
 //! starting page) see every transition without polling.
+//!
+//! Activity is a wall-clock time in milliseconds, read from a [`Clock`]: the system clock in
+//! the server, tokio's clock in tests that pause time.
 
 use crate::instance::{
     AccessToken, InstanceId, InstanceRecord, InstanceSpec, State, Upstream, UserId,
@@ -18,6 +21,36 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where activity times come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// The system's wall clock.
+    System,
+    /// Wall-clock time as of `anchor_ms` at `anchor`, advanced by tokio's clock, so that a
+    /// test with paused time controls it.
+    Tokio {
+        anchor_ms: u64,
+        anchor: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A clock that follows tokio's time from now on.
+    pub fn tokio() -> Self {
+        Clock::Tokio {
+            anchor_ms: now_ms(),
+            anchor: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => now_ms(),
+            Clock::Tokio { anchor_ms, anchor } => anchor_ms + anchor.elapsed().as_millis() as u64,
+        }
+    }
 }
 
 /// The live status of one instance.
@@ -40,12 +73,14 @@ pub struct Instance {
     pub token: AccessToken,
     pub created_at: u64,
     status: watch::Sender<Status>,
+    /// The latest human activity; in the future when a client said it is busy until then.
     last_activity_ms: AtomicU64,
     inflight: AtomicUsize,
+    clock: Clock,
 }
 
 impl Instance {
-    pub fn from_record(rec: InstanceRecord, state: State) -> Self {
+    pub fn from_record(rec: InstanceRecord, state: State, clock: Clock) -> Self {
         let status = Status {
             state,
             message: String::new(),
@@ -61,6 +96,7 @@ impl Instance {
             status: watch::Sender::new(status),
             last_activity_ms: AtomicU64::new(rec.last_activity_ms),
             inflight: AtomicUsize::new(0),
+            clock,
         }
     }
 
@@ -116,13 +152,18 @@ impl Instance {
         });
     }
 
+    /// Records activity now. Never moves the time back, so a declared "busy until" holds.
     pub fn touch(&self) {
-        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        self.observe_activity(self.clock.now_ms());
     }
 
-    /// Takes activity seen by another server into account.
+    /// Takes activity seen elsewhere (another server, a "busy until") into account.
     pub fn observe_activity(&self, ms: u64) {
         self.last_activity_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn last_activity_ms(&self) -> u64 {
@@ -161,14 +202,37 @@ impl Drop for ActivityGuard {
 }
 
 /// The table of instances.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     map: DashMap<InstanceId, Arc<Instance>>,
+    clock: Clock,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_clock(Clock::System)
+    }
 }
 
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_clock(clock: Clock) -> Self {
+        Self {
+            map: DashMap::new(),
+            clock,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// An instance from its stored facts, on this table's clock (not yet inserted).
+    pub fn instance(&self, rec: InstanceRecord, state: State) -> Arc<Instance> {
+        Arc::new(Instance::from_record(rec, state, self.clock))
     }
 
     pub fn get(&self, id: &InstanceId) -> Option<Arc<Instance>> {

@@ -1,14 +1,15 @@
 //! The management API under `/api`: JSON in and out, bearer token required except for the
 //! banner and health. Every input is validated before anything is created.
 
+mod keepalive;
 mod view;
 
 use crate::http::response::{error, json};
 use crate::http::router::Route;
 use crate::http::{events, Body};
 use crate::instance::{AccessToken, CreateRequest, InstanceId, InstanceRecord, State, UserId};
-use crate::lifecycle::StartError;
-use crate::registry::{now_ms, Instance};
+use crate::lifecycle::{reason, StartError};
+use crate::registry::Instance;
 use crate::state::Shared;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -42,12 +43,13 @@ pub async fn handle(
     match route {
         Route::ListInstances => list(sh, &req),
         Route::CreateInstance => create(sh, req).await,
-        Route::GetInstance(id) => with_instance(sh, id, |i| {
-            json(StatusCode::OK, &view::instance(&sh.public_url, i))
-        }),
+        Route::GetInstance(id) => {
+            with_instance(sh, id, |i| json(StatusCode::OK, &view::instance(sh, i)))
+        }
         Route::DeleteInstance(id) => delete(sh, id).await,
         Route::StartInstance(id) => start(sh, id).await,
         Route::StopInstance(id) => stop(sh, id).await,
+        Route::KeepaliveInstance(id) => keepalive(sh, id, req).await,
         Route::InstanceEvents(id) => match lookup(sh, id) {
             Ok(inst) => events::stream(inst, sh.lifecycle.start_timeout * 2),
             Err(r) => r,
@@ -132,10 +134,7 @@ fn list(sh: &Shared, req: &Request<Incoming>) -> Response<Body> {
         },
         None => sh.lifecycle.registry.all(),
     };
-    let items: Vec<_> = all
-        .iter()
-        .map(|i| view::instance(&sh.public_url, i))
-        .collect();
+    let items: Vec<_> = all.iter().map(|i| view::instance(sh, i)).collect();
     json(StatusCode::OK, &json!({ "instances": items }))
 }
 
@@ -155,28 +154,34 @@ fn status(sh: &Shared, req: &Request<Incoming>) -> Response<Body> {
     })
 }
 
-async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+/// Reads a JSON request body (any size under [`MAX_BODY`]; possibly empty).
+async fn json_body(req: Request<Incoming>) -> Result<bytes::Bytes, Response<Body>> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|ct| ct.starts_with("application/json"));
     if !is_json {
-        return error(
+        return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as application/json",
-        );
+        ));
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body must be under {MAX_BODY} bytes"),
-            )
-        }
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body must be under {MAX_BODY} bytes"),
+        )),
+    }
+}
+
+async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let body = match json_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let create: CreateRequest = match serde_json::from_slice(&body) {
         Ok(c) => c,
@@ -205,7 +210,7 @@ async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             break id;
         }
     };
-    let now = now_ms();
+    let now = registry.now_ms();
     let rec = InstanceRecord {
         instance_id: id,
         user_id: user,
@@ -220,10 +225,10 @@ async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "create_failed", e);
     }
     let token = rec.access_token.clone();
-    let inst = Arc::new(Instance::from_record(rec, State::Stopped));
+    let inst = registry.instance(rec, State::Stopped);
     registry.insert(inst.clone());
     tracing::info!(instance = %inst.id, user = %inst.user, "created");
-    let mut body = view::instance(&sh.public_url, &inst);
+    let mut body = view::instance(sh, &inst);
     body["access_token"] = json!(token.expose());
     body["url"] = json!(format!(
         "{}?tkn={}",
@@ -240,7 +245,7 @@ async fn delete(sh: &Arc<Shared>, id: &str) -> Response<Body> {
     };
     // Out of the table first, so no visit can start it while its files go away.
     sh.lifecycle.registry.remove(&inst.id);
-    sh.lifecycle.stop(&inst, "deleted").await;
+    sh.lifecycle.stop(&inst, reason::DELETED).await;
     if let Err(e) = sh.lifecycle.orchestrator.delete(&inst.id).await {
         tracing::error!(instance = %inst.id, error = %e, "delete failed");
         sh.lifecycle.registry.insert(inst);
@@ -249,7 +254,7 @@ async fn delete(sh: &Arc<Shared>, id: &str) -> Response<Body> {
     // Wakes anyone still waiting on this instance.
     inst.update(|s| {
         s.state = State::Stopped;
-        s.stop_reason = Some("deleted".into());
+        s.stop_reason = Some(reason::DELETED.into());
         true
     });
     tracing::info!(instance = %inst.id, "deleted");
@@ -264,8 +269,10 @@ async fn start(sh: &Arc<Shared>, id: &str) -> Response<Body> {
         Ok(i) => i,
         Err(r) => return r,
     };
+    // Asking for it is activity, also when it already runs.
+    inst.touch();
     match sh.lifecycle.ensure_running(&inst).await {
-        Ok(_) => json(StatusCode::OK, &view::instance(&sh.public_url, &inst)),
+        Ok(_) => json(StatusCode::OK, &view::instance(sh, &inst)),
         Err(e @ StartError::Failed(_)) => error(StatusCode::BAD_GATEWAY, "start_failed", e),
         Err(e) => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e);
@@ -281,8 +288,51 @@ async fn stop(sh: &Arc<Shared>, id: &str) -> Response<Body> {
         Ok(i) => i,
         Err(r) => return r,
     };
-    sh.lifecycle.stop(&inst, "api").await;
-    json(StatusCode::OK, &view::instance(&sh.public_url, &inst))
+    sh.lifecycle.stop(&inst, reason::API).await;
+    json(StatusCode::OK, &view::instance(sh, &inst))
+}
+
+/// `POST /api/instances/{id}/keepalive`: the request-based activity signal for programs, with
+/// an optional `busy_until` (Unix seconds or RFC 3339) for long jobs.
+async fn keepalive(sh: &Arc<Shared>, id: &str, req: Request<Incoming>) -> Response<Body> {
+    let inst = match lookup(sh, id) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let body = match json_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let now = inst.now_ms();
+    let max = sh.defaults.max_idle_timeout_secs;
+    let until = match keepalive::busy_until_ms(&body, now, max) {
+        Ok(u) => u,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.code(), e),
+    };
+    let state = inst.state();
+    if !matches!(state, State::Running | State::Starting) {
+        return error(
+            StatusCode::CONFLICT,
+            "not_running",
+            format!(
+                "instance {} is {}: start it first (POST /api/instances/{}/start)",
+                inst.id,
+                state.as_str(),
+                inst.id
+            ),
+        );
+    }
+    inst.touch();
+    if let Some(u) = until {
+        inst.observe_activity(u);
+        tracing::info!(instance = %inst.id, busy_until = %view::rfc3339_secs(u / 1000), "busy until");
+        // Stored now rather than on the next reaper tick: a long job must not be cut short by
+        // another server that has not heard of it yet.
+        if let Err(e) = sh.lifecycle.orchestrator.save(&inst.record()).await {
+            tracing::warn!(instance = %inst.id, error = %e, "saving activity failed");
+        }
+    }
+    json(StatusCode::OK, &view::instance(sh, &inst))
 }
 
 async fn workspace(sh: &Arc<Shared>, user: &str) -> Response<Body> {

@@ -1,6 +1,9 @@
 //! The JSON shapes of the API, kept compatible with the predecessor's fields.
 
+use crate::instance::State;
+use crate::lifecycle::policy;
 use crate::registry::Instance;
+use crate::state::Shared;
 use serde_json::{json, Value};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -8,21 +11,33 @@ pub fn rfc3339_secs(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
+fn rfc3339_ms(ms: u64) -> String {
+    rfc3339_secs(ms / 1000)
+}
+
 pub fn instance_url(public_url: &str, inst: &Instance) -> String {
     format!("{public_url}/instances/{}/", inst.id)
 }
 
 /// One instance as the API shows it. The access token is only in the create response.
-pub fn instance(public_url: &str, inst: &Instance) -> Value {
+pub fn instance(sh: &Shared, inst: &Instance) -> Value {
     let s = inst.status();
     let spec = &inst.spec;
+    let now = inst.now_ms();
+    let last = inst.last_activity_ms();
+    let timeout = Duration::from_secs(spec.idle_timeout_secs);
+    // Only a running instance has an idle deadline; while requests are in flight it has none.
+    let idle_stop_at = (s.state == State::Running && inst.inflight() == 0).then(|| {
+        let left = policy::remaining(now, last, timeout, 0);
+        rfc3339_ms(now + left.as_millis() as u64)
+    });
     json!({
         "instance_id": inst.id.as_str(),
         "user_id": inst.user.as_str(),
         "status": s.state.as_str(),
         "message": s.message,
         "stop_reason": s.stop_reason,
-        "url": instance_url(public_url, inst),
+        "url": instance_url(&sh.public_url, inst),
         "base_image": spec.base_image,
         "vscode_version": spec.vscode_version,
         "storage_size": spec.storage_size,
@@ -31,7 +46,10 @@ pub fn instance(public_url: &str, inst: &Instance) -> Value {
         "cpu_request": spec.cpu_request,
         "cpu_limit": spec.cpu_limit,
         "idle_timeout": spec.idle_timeout_secs,
+        "idle_notice": spec.idle_notice_secs(sh.defaults.idle_notice_secs),
         "creation_time": rfc3339_secs(inst.created_at),
-        "last_activity": rfc3339_secs(inst.last_activity_ms() / 1000),
+        "last_activity": rfc3339_ms(last.min(now)),
+        "busy_until": (last > now).then(|| rfc3339_ms(last)),
+        "idle_stop_at": idle_stop_at,
     })
 }

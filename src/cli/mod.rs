@@ -1,8 +1,9 @@
 //! The client subcommands (`create`, `list`, `get`, `delete`, `status`, `start`, `stop`,
-//! `workspace`): call the API and print results for people, or the JSON with `--json`.
+//! `keepalive`, `workspace`): call the API and print results for people, or the JSON with
+//! `--json`.
 //! Without flags they find the local server through its data directory.
 
-use crate::config::{default_data_dir, ClientConfig, Command, CreateArgs};
+use crate::config::{default_data_dir, ClientConfig, Command, CreateArgs, KeepaliveArgs};
 use crate::outbound::{system_roots, Outbound};
 use bytes::Bytes;
 use http::Method;
@@ -128,6 +129,13 @@ fn print_instance(v: &Value) {
     ] {
         println!("{label:<16} {}", field(v, key));
     }
+    println!(
+        "{:<16} {}s (notice {}s before)",
+        "Idle timeout", v["idle_timeout"], v["idle_notice"]
+    );
+    if let Some(t) = v["idle_stop_at"].as_str() {
+        println!("{:<16} {t} unless there is activity", "Idle stop at");
+    }
     if let Some(r) = v["stop_reason"].as_str() {
         println!("{:<16} {r}", "Stop reason");
     }
@@ -244,6 +252,19 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
             }
             (a.client, v)
         }
+        Command::Keepalive(a) => {
+            let v = Api::resolve(&a.client)?
+                .call(
+                    Method::POST,
+                    &format!("/instances/{}/keepalive", a.instance_id),
+                    keepalive_body(&a),
+                )
+                .await?;
+            if !a.client.json {
+                print_instance(&v);
+            }
+            (a.client, v)
+        }
         Command::Workspace { user_id, client } => {
             let v = Api::resolve(&client)?
                 .call(Method::GET, &format!("/workspaces/{user_id}"), None)
@@ -283,7 +304,26 @@ fn create_body(a: &CreateArgs) -> Value {
     if let Some(t) = a.idle_timeout {
         v["idle_timeout"] = json!(t);
     }
+    if let Some(n) = a.idle_notice {
+        v["idle_notice"] = json!(n);
+    }
     v
+}
+
+fn keepalive_body(a: &KeepaliveArgs) -> Option<Value> {
+    if let Some(d) = a.busy_for {
+        let until = std::time::SystemTime::now() + d;
+        let secs = until
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        return Some(json!({ "busy_until": secs }));
+    }
+    let until = a.busy_until.as_ref()?;
+    // Unix seconds go as a number, anything else as the text the server parses.
+    Some(match until.parse::<u64>() {
+        Ok(secs) => json!({ "busy_until": secs }),
+        Err(_) => json!({ "busy_until": until }),
+    })
 }
 
 /// Downloads the VS Code CLI for `version` into `dest` unless it is already there.

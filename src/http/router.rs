@@ -17,6 +17,7 @@ pub enum Route<'a> {
     DeleteInstance(&'a str),
     StartInstance(&'a str),
     StopInstance(&'a str),
+    KeepaliveInstance(&'a str),
     InstanceEvents(&'a str),
     Status,
     Workspace(&'a str),
@@ -107,6 +108,7 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
         }
         ["instances", id, "start"] => only(post, "POST", Route::StartInstance(id)),
         ["instances", id, "stop"] => only(post, "POST", Route::StopInstance(id)),
+        ["instances", id, "keepalive"] => only(post, "POST", Route::KeepaliveInstance(id)),
         ["instances", id, "events"] => only(get, "GET", Route::InstanceEvents(id)),
         ["status"] => only(get, "GET", Route::Status),
         ["workspaces", user] => only(get, "GET", Route::Workspace(user)),
@@ -149,6 +151,10 @@ mod tests {
         assert_eq!(
             route(&g, "/api/instances/u-1/stop"),
             Route::MethodNotAllowed("POST")
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/instances/u-1/keepalive"),
+            Route::KeepaliveInstance("u-1")
         );
         assert_eq!(route(&g, "/api/workspaces/bob"), Route::Workspace("bob"));
         assert_eq!(route(&g, "/api/nope"), Route::NotFound);

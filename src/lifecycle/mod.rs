@@ -1,9 +1,11 @@
 //! Instance lifecycle on top of the registry and a backend: starting once no matter how many
-//! visitors arrive together, waiting for readiness, stopping, and the idle reaper.
+//! visitors arrive together, waiting for readiness, stopping, and the idle policy and reaper.
 
+pub mod policy;
 mod reaper;
 
-pub use reaper::{is_idle, Reaper};
+pub use policy::{reason, Trigger};
+pub use reaper::Reaper;
 
 use crate::instance::{State, Upstream};
 use crate::orchestrator::{Observed, Orchestrator};
@@ -45,6 +47,8 @@ impl Lifecycle {
                 s.state = State::Starting;
                 s.message = "starting".into();
                 s.upstream = None;
+                // Whatever stopped it no longer holds: it is wanted again.
+                s.stop_reason = None;
                 true
             } else {
                 false
@@ -193,6 +197,8 @@ impl Lifecycle {
             return false;
         }
         tracing::info!(instance = %inst.id, reason, "stopping");
+        // The reason is stored before the backend scales down, so that other servers, which
+        // see the scale-down, already know why (it decides whether reconnects may start it).
         if let Err(e) = self.orchestrator.save(&inst.record()).await {
             tracing::warn!(instance = %inst.id, error = %e, "saving instance state failed");
         }
@@ -206,9 +212,6 @@ impl Lifecycle {
             s.stop_reason = Some(reason.to_owned());
             true
         });
-        if let Err(e) = self.orchestrator.save(&inst.record()).await {
-            tracing::warn!(instance = %inst.id, error = %e, "saving instance state failed");
-        }
         true
     }
 
@@ -240,18 +243,36 @@ impl Lifecycle {
                 None => {
                     tracing::info!(instance = %record.instance_id, "instance found in the backend");
                     self.registry
-                        .insert(Arc::new(Instance::from_record(*record, State::Stopped)));
+                        .insert(self.registry.instance(*record, State::Stopped));
                 }
                 Some(inst) => {
                     inst.observe_activity(record.last_activity_ms);
-                    if !scaled_up {
-                        let reason = record.stop_reason.unwrap_or_else(|| "scaled down".into());
+                    if scaled_up {
+                        // Started by another server: a stop reason seen earlier no longer
+                        // keeps reconnects here from joining it.
+                        inst.update(|s| {
+                            let stale = s.state == State::Stopped && s.stop_reason.is_some();
+                            if stale {
+                                s.stop_reason = None;
+                            }
+                            stale
+                        });
+                    } else {
+                        let stored = record.stop_reason;
                         inst.update(|s| {
                             if s.state == State::Running {
                                 s.state = State::Stopped;
                                 s.upstream = None;
                                 s.message = String::new();
-                                s.stop_reason = Some(reason);
+                                s.stop_reason =
+                                    Some(stored.unwrap_or_else(|| "scaled down".into()));
+                                true
+                            } else if s.state == State::Stopped
+                                && stored.is_some()
+                                && s.stop_reason != stored
+                            {
+                                // Already stopped here; the reason arrived after the scale-down.
+                                s.stop_reason = stored;
                                 true
                             } else {
                                 false
@@ -266,7 +287,7 @@ impl Lifecycle {
                     inst.update(|s| {
                         s.state = State::Stopped;
                         s.upstream = None;
-                        s.stop_reason = Some("deleted".into());
+                        s.stop_reason = Some(reason::DELETED.into());
                         true
                     });
                 }

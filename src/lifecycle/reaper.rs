@@ -1,22 +1,12 @@
 //! The reaper: scales idle instances to zero. An instance is idle when nothing is in flight
-//! and its last activity is older than its idle timeout; in-use handles (`ActivityGuard`) keep
-//! it alive, as in an idle cache.
+//! and its last activity is older than its idle timeout ([`super::policy`]); in-use handles
+//! (`ActivityGuard`) keep it alive, as in an idle cache.
 
+use super::policy::{self, reason};
 use super::Lifecycle;
 use crate::instance::State;
-use crate::registry::now_ms;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// The idle policy, as a pure function of the facts, so it can be tested without clocks.
-pub fn is_idle(
-    now_ms: u64,
-    last_activity_ms: u64,
-    idle_timeout: Duration,
-    inflight: usize,
-) -> bool {
-    inflight == 0 && now_ms.saturating_sub(last_activity_ms) >= idle_timeout.as_millis() as u64
-}
+use std::time::{Duration, UNIX_EPOCH};
 
 pub struct Reaper {
     lifecycle: Arc<Lifecycle>,
@@ -61,15 +51,23 @@ impl Reaper {
 
     /// One pass: stops every running instance that is idle now.
     pub async fn reap_once(&self) {
-        let now = now_ms();
+        let now = self.lifecycle.registry.now_ms();
         for inst in self.lifecycle.registry.all() {
             let timeout = Duration::from_secs(inst.spec.idle_timeout_secs);
+            let last = inst.last_activity_ms();
             if inst.state() == State::Running
-                && is_idle(now, inst.last_activity_ms(), timeout, inst.inflight())
+                && policy::is_idle(now, last, timeout, inst.inflight())
             {
-                let idle_for = now.saturating_sub(inst.last_activity_ms()) / 1000;
-                tracing::info!(instance = %inst.id, idle_for_secs = idle_for, "idle; scaling to zero");
-                self.lifecycle.stop(&inst, "idle").await;
+                let last_activity =
+                    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(last));
+                tracing::info!(
+                    instance = %inst.id,
+                    idle_for_secs = now.saturating_sub(last) / 1000,
+                    idle_timeout_secs = timeout.as_secs(),
+                    %last_activity,
+                    "idle; scaling to zero"
+                );
+                self.lifecycle.stop(&inst, reason::IDLE).await;
             }
         }
     }
@@ -77,21 +75,159 @@ impl Reaper {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! The reaper loop on tokio's paused clock, with the real local backend (in a temporary
+    //! directory; nothing is started, instances are put in `Running` directly).
 
-    #[test]
-    fn idle_policy() {
-        let t = Duration::from_secs(60);
-        assert!(!is_idle(100_000, 100_000, t, 0), "just active");
-        assert!(!is_idle(159_999, 100_000, t, 0), "one ms short");
-        assert!(is_idle(160_000, 100_000, t, 0), "exactly the timeout");
+    use super::*;
+    use crate::instance::{AccessToken, CreateRequest, InstanceId, SpecDefaults, UserId};
+    use crate::orchestrator::local::Local;
+    use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
+    use crate::registry::{Clock, Instance, Registry};
+    use tokio::time::{sleep, Instant};
+    use tokio_util::sync::CancellationToken;
+
+    const TIMEOUT: Duration = Duration::from_secs(20);
+    const INTERVAL: Duration = Duration::from_secs(1);
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        lifecycle: Arc<Lifecycle>,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RuntimeConfig {
+            kind: RuntimeKind::Command,
+            code_server: None,
+            code_cli: None,
+            command: Some("true".into()),
+            download_url: String::new(),
+        };
+        let local = Local::new(dir.path().to_owned(), runtime).unwrap();
+        let lifecycle = Arc::new(Lifecycle {
+            registry: Arc::new(Registry::with_clock(Clock::tokio())),
+            orchestrator: Arc::new(local),
+            start_timeout: Duration::from_secs(5),
+            shutdown: CancellationToken::new(),
+        });
+        let reaper = Reaper::new(lifecycle.clone(), INTERVAL);
+        tokio::spawn(reaper.run(|| {}));
+        Setup {
+            _dir: dir,
+            lifecycle,
+        }
+    }
+
+    async fn running(lc: &Lifecycle) -> Arc<Instance> {
+        let user = UserId::parse("alice").unwrap();
+        let (_, spec) = CreateRequest {
+            user_id: "alice".into(),
+            idle_timeout: Some(TIMEOUT.as_secs()),
+            ..Default::default()
+        }
+        .validate(&SpecDefaults::default())
+        .unwrap();
+        let rec = crate::instance::InstanceRecord {
+            instance_id: InstanceId::generate(&user),
+            user_id: user,
+            spec,
+            access_token: AccessToken::generate(),
+            created_at: 0,
+            last_activity_ms: lc.registry.now_ms(),
+            stop_reason: None,
+        };
+        lc.orchestrator.create(&rec).await.unwrap();
+        let inst = lc.registry.instance(rec, State::Running);
+        lc.registry.insert(inst.clone());
+        inst
+    }
+
+    /// Waits (in paused time) until the instance is stopped; returns how long that took.
+    async fn time_to_stop(inst: &Instance) -> Duration {
+        let t0 = Instant::now();
+        let mut rx = inst.subscribe();
+        tokio::time::timeout(
+            Duration::from_secs(3600),
+            rx.wait_for(|s| s.state == State::Stopped),
+        )
+        .await
+        .expect("stopped within the hour")
+        .unwrap();
+        t0.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_untouched_instance_stops_within_the_timeout_plus_one_interval() {
+        let s = setup();
+        let inst = running(&s.lifecycle).await;
+        let took = time_to_stop(&inst).await;
         assert!(
-            !is_idle(1_000_000, 100_000, t, 1),
-            "a request in flight keeps it alive"
+            took >= TIMEOUT && took <= TIMEOUT + INTERVAL,
+            "stopped after {took:?}"
         );
+        let st = inst.status();
+        assert_eq!(st.stop_reason.as_deref(), Some(reason::IDLE));
+        let stored = s.lifecycle.orchestrator.load().await.unwrap();
+        assert_eq!(stored[0].stop_reason.as_deref(), Some(reason::IDLE));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_every_few_seconds_keeps_it_running_for_many_timeouts() {
+        let s = setup();
+        let inst = running(&s.lifecycle).await;
+        for _ in 0..(5 * TIMEOUT.as_secs() / 4) {
+            sleep(Duration::from_secs(4)).await;
+            assert_eq!(inst.state(), State::Running);
+            inst.touch();
+        }
+        let took = time_to_stop(&inst).await;
+        assert!(took >= TIMEOUT && took <= TIMEOUT + INTERVAL, "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_notice_window_is_the_last_part_of_the_timeout() {
+        let s = setup();
+        let inst = running(&s.lifecycle).await;
+        let notice = Duration::from_secs(8);
+        let left = || {
+            policy::remaining(
+                inst.now_ms(),
+                inst.last_activity_ms(),
+                TIMEOUT,
+                inst.inflight(),
+            )
+        };
+        sleep(TIMEOUT - notice - Duration::from_millis(1)).await;
+        assert!(left() > notice, "no notice yet: {:?}", left());
+        sleep(Duration::from_millis(2)).await;
+        assert!(left() < notice, "notice shown: {:?}", left());
+        inst.touch();
+        assert_eq!(left(), TIMEOUT, "activity dismisses it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_until_holds_it_and_the_timeout_runs_from_then() {
+        let s = setup();
+        let inst = running(&s.lifecycle).await;
+        let busy = Duration::from_secs(300);
+        inst.observe_activity(inst.now_ms() + busy.as_millis() as u64);
+        inst.touch();
+        let took = time_to_stop(&inst).await;
         assert!(
-            !is_idle(50_000, 100_000, t, 0),
-            "a clock step backwards is not idleness"
+            took >= busy + TIMEOUT && took <= busy + TIMEOUT + INTERVAL,
+            "{took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_keeps_it_running() {
+        let s = setup();
+        let inst = running(&s.lifecycle).await;
+        let guard = inst.activity();
+        sleep(TIMEOUT * 3).await;
+        assert_eq!(inst.state(), State::Running);
+        drop(guard);
+        let took = time_to_stop(&inst).await;
+        assert!(took >= TIMEOUT && took <= TIMEOUT + INTERVAL, "{took:?}");
     }
 }
