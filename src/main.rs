@@ -66,6 +66,8 @@ async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()>
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person watching: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let app = App::build(cfg).await.context("starting vscode-on-demand")?;
     let i = &app.info;
