@@ -3,7 +3,8 @@
 //! as an instance, the stand-in for VS Code.
 //!
 //! Routes are matched on the end of the request path (or, for `/echo`, anywhere in it), so the
-//! server answers the same way whatever prefix the proxy keeps in front of the path.
+//! server answers the same way whatever prefix the proxy keeps in front of the path. `/doc` is
+//! an HTML document (gzipped when accepted); other unknown paths get a small HTML page.
 
 use std::{
     convert::Infallible,
@@ -123,6 +124,8 @@ async fn handle(req: Request<Incoming>, workspace: Option<&Path>) -> Response<Bo
         echo(req).await
     } else if path.ends_with("/workspace-file") {
         workspace_file(req, workspace).await
+    } else if path.ends_with("/doc") {
+        document(req.headers())
     } else if path.ends_with("/healthz") && req.method() == Method::GET {
         text(StatusCode::OK, "ok")
     } else if path.ends_with("/small") {
@@ -143,6 +146,35 @@ async fn handle(req: Request<Incoming>, workspace: Option<&Path>) -> Response<Bo
         );
         respond(StatusCode::OK, "text/html", full(html))
     }
+}
+
+/// A complete HTML document, gzip-compressed when the client accepts it, the way VS Code
+/// serves its workbench page.
+fn document(headers: &HeaderMap) -> Response<Body> {
+    const DOC: &str =
+        "<!doctype html><html><head><title>doc</title></head><body><p>doc</p></body></html>";
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let body = if gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        // Writing to a Vec cannot fail.
+        let _ = enc.write_all(DOC.as_bytes());
+        Bytes::from(enc.finish().unwrap_or_default())
+    } else {
+        Bytes::from_static(DOC.as_bytes())
+    };
+    let len = body.len();
+    let mut response = respond(StatusCode::OK, "text/html; charset=utf-8", full(body));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ETAG, HeaderValue::from_static("\"doc-1\""));
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
 }
 
 fn full(body: impl Into<Bytes>) -> Body {

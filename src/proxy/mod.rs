@@ -1,21 +1,26 @@
 //! The instance proxy, as phases: authenticate (token → cookie exchange, URL cleaned) → our
-//! own endpoints → make sure the instance runs (starting page or held request) → rewrite →
-//! forward (HTTP streamed both ways, WebSocket spliced) → respond.
+//! own endpoints → classify (navigation, background, program) for the idle policy → make sure
+//! the instance runs (starting page, held request, or refused while stopped for idleness) →
+//! rewrite → forward (HTTP streamed both ways, the activity script added to pages, WebSocket
+//! spliced) → respond.
 
+mod activity;
 mod auth;
 mod headers;
+mod inject;
 mod pages;
 mod tunnel;
 
 use crate::http::response::{error, with_header};
 use crate::http::{events, Body, BoxError};
-use crate::instance::Upstream;
-use crate::lifecycle::StartError;
-use crate::registry::{ActivityGuard, Instance};
+use crate::instance::{State, Upstream};
+use crate::lifecycle::{policy, reason, StartError};
+use crate::registry::{ActivityGuard, Instance, Status};
 use crate::state::Shared;
+use activity::Source;
 use auth::Presented;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -32,7 +37,9 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: IpAddr,
 ) -> Response<Body> {
-    let navigation = is_navigation(&req);
+    let websocket = headers::is_websocket(req.headers());
+    let source = Source::of(req.method(), req.headers(), websocket);
+    let navigation = source == Source::Navigation;
     let inst = sh.lifecycle.registry.get_str(id);
     let presented = match &inst {
         Some(i) => auth::check(i, req.headers(), req.uri().query(), || {
@@ -56,14 +63,23 @@ pub async fn handle(
     };
 
     if let Some(own) = rest.strip_prefix(pages::PREFIX) {
+        let notice = sh.defaults.idle_notice_secs;
         return match own {
             "events" => events::stream(inst, sh.lifecycle.start_timeout * 2),
             "starting.js" => pages::starting_js(),
+            "activity.js" => activity::script(),
+            "activity" => activity::report(
+                &inst,
+                req.method(),
+                req.headers(),
+                req.uri().query(),
+                notice,
+            ),
+            "idle" => activity::idle(&inst, notice),
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such page"),
         };
     }
 
-    let websocket = headers::is_websocket(req.headers());
     if websocket && !origin_matches(&req) {
         return error(
             StatusCode::FORBIDDEN,
@@ -71,22 +87,31 @@ pub async fn handle(
             "WebSocket connections must come from pages of this host",
         );
     }
-    let guard = inst.activity();
+    let guard = source.is_activity().then(|| inst.activity());
     let upstream = match inst.running_upstream() {
         Some(u) => u,
-        None if navigation && !websocket => {
-            sh.lifecycle.begin_start(&inst);
-            return pages::starting(inst.id.as_str(), &inst.status().message);
+        None => {
+            let status = inst.status();
+            if status.state != State::Starting
+                && !policy::may_start(status.stop_reason.as_deref(), source.trigger())
+            {
+                return stopped(&inst, &status);
+            }
+            if navigation {
+                sh.lifecycle.begin_start(&inst);
+                return pages::starting(inst.id.as_str(), &inst.status().message);
+            }
+            match sh.lifecycle.ensure_running(&inst).await {
+                Ok(u) => u,
+                Err(e) => return not_ready(e),
+            }
         }
-        None => match sh.lifecycle.ensure_running(&inst).await {
-            Ok(u) => u,
-            Err(e) => return not_ready(e),
-        },
     };
     if websocket {
         forward_upgrade(sh, inst, upstream, rest, req, peer).await
     } else {
-        forward(sh, upstream, rest, req, peer, guard).await
+        let page = navigation.then(|| activity::script_tag(inst.id.as_str()));
+        forward(sh, &inst, upstream, rest, req, peer, guard, page).await
     }
 }
 
@@ -114,6 +139,28 @@ fn deny(navigation: bool, wrong: bool) -> Response<Body> {
     }
 }
 
+/// The answer to a page's own requests (VS Code reconnecting) while the instance is stopped
+/// for a reason they must not undo; the page's activity script explains and offers to resume.
+fn stopped(inst: &Instance, status: &Status) -> Response<Body> {
+    let why = match status.stop_reason.as_deref() {
+        Some(reason::IDLE) => format!(
+            "stopped after {} without activity",
+            humantime::format_duration(std::time::Duration::from_secs(inst.spec.idle_timeout_secs))
+        ),
+        Some(reason::API) => "stopped through the API".to_owned(),
+        other => format!("stopped ({})", other.unwrap_or("unknown reason")),
+    };
+    with_header(
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopped",
+            format!("the instance was {why}; reload the page to start it again"),
+        ),
+        header::RETRY_AFTER,
+        HeaderValue::from_static("60"),
+    )
+}
+
 fn not_ready(e: StartError) -> Response<Body> {
     let status = match e {
         StartError::Failed(_) => StatusCode::BAD_GATEWAY,
@@ -124,21 +171,6 @@ fn not_ready(e: StartError) -> Response<Body> {
         header::RETRY_AFTER,
         HeaderValue::from_static("5"),
     )
-}
-
-/// A browser loading a page (as opposed to a script's request).
-fn is_navigation(req: &Request<Incoming>) -> bool {
-    if req.method() != Method::GET {
-        return false;
-    }
-    let h = req.headers();
-    match h.get("sec-fetch-mode").and_then(|v| v.to_str().ok()) {
-        Some(mode) => mode == "navigate",
-        None => h
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("text/html")),
-    }
 }
 
 /// The host the client addressed: `Host` (HTTP/1.1) or the URI authority (HTTP/2).
@@ -239,40 +271,47 @@ fn upstream_failed(e: impl std::fmt::Display) -> Response<Body> {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     sh: &Arc<Shared>,
+    inst: &Instance,
     upstream: Upstream,
     rest: &str,
     req: Request<Incoming>,
     peer: IpAddr,
-    guard: ActivityGuard,
+    guard: Option<ActivityGuard>,
+    script_tag: Option<String>,
 ) -> Response<Body> {
-    let req = match upstream_request(
-        upstream,
-        guard.instance().id.as_str(),
-        rest,
-        req,
-        peer,
-        false,
-    ) {
+    let mut req = match upstream_request(upstream, inst.id.as_str(), rest, req, peer, false) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    match sh.upstream.request(req).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            headers::remove_hop_by_hop(&mut parts.headers, false);
-            Response::from_parts(
-                parts,
-                GuardedBody {
-                    inner: body,
-                    _guard: guard,
-                }
-                .boxed(),
-            )
-        }
-        Err(e) => upstream_failed(e),
+    if script_tag.is_some() {
+        // A page that comes back uncompressed can get the activity script.
+        req.headers_mut().remove(header::ACCEPT_ENCODING);
     }
+    let resp = match sh.upstream.request(req).await {
+        Ok(resp) => resp,
+        Err(e) => return upstream_failed(e),
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    let body = match script_tag {
+        Some(tag) if inject::wanted(&parts) => match inject::page(&mut parts, body, &tag).await {
+            Ok(b) => b,
+            Err(e) => return upstream_failed(e),
+        },
+        _ => body.map_err(BoxError::from).boxed(),
+    };
+    let body = match guard {
+        Some(guard) => GuardedBody {
+            inner: body,
+            _guard: guard,
+        }
+        .boxed(),
+        None => body,
+    };
+    Response::from_parts(parts, body)
 }
 
 async fn forward_upgrade(
@@ -311,7 +350,7 @@ async fn forward_upgrade(
 
 /// A proxied response body that keeps its instance busy until it has been sent in full.
 struct GuardedBody {
-    inner: Incoming,
+    inner: Body,
     _guard: ActivityGuard,
 }
 
@@ -323,9 +362,7 @@ impl http_body::Body for GuardedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(BoxError::from)
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
