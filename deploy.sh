@@ -4,9 +4,10 @@
 #   ./deploy.sh --delete             remove everything except users' workspaces
 #   ./deploy.sh --delete --workspaces   remove the workspaces too
 # Environment: VOD_NAMESPACE (vscode-on-demand), VOD_HOST (vscode.local), VOD_IMAGE
-# (vscode-on-demand:latest), KUBECTL (kubectl), VOD_SKIP_MINIKUBE=1 (use the current context
-# as is), VOD_SKIP_IMAGE=1 (the image is already in the cluster), VOD_SKIP_HOSTS=1 (leave
-# /etc/hosts alone).
+# (vscode-on-demand:latest), VOD_CERT_DIR (certs), KUBECTL (kubectl), VOD_BIN (a built
+# vscode-on-demand; default: cargo build --release), VOD_SKIP_MINIKUBE=1 (use the current
+# context as is), VOD_SKIP_IMAGE=1 (the image is already in the cluster), VOD_SKIP_HOSTS=1
+# (leave /etc/hosts alone).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,6 +16,7 @@ HOST="${VOD_HOST:-vscode.local}"
 IMAGE="${VOD_IMAGE:-vscode-on-demand:latest}"
 KUBECTL="${KUBECTL:-kubectl}"
 ROLLOUT_TIMEOUT="${VOD_ROLLOUT_TIMEOUT:-300s}"
+CERTS="${VOD_CERT_DIR:-certs}"
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'deploy.sh: %s\n' "$*" >&2; exit 1; }
@@ -27,7 +29,9 @@ delete_all() {
   say "deleting instances (their Services, Secrets and config volumes go with them)"
   k delete deployments -l app.kubernetes.io/managed-by=vscode-on-demand,app.kubernetes.io/component=instance --ignore-not-found --wait=true
   say "deleting the proxy"
-  k delete -f manifests/ --ignore-not-found
+  # By label rather than by file, so it works whichever PodDisruptionBudget version was applied.
+  k delete deployment,service,serviceaccount,role,rolebinding,poddisruptionbudget,networkpolicy \
+    -l app.kubernetes.io/name=vscode-on-demand --ignore-not-found
   k delete secret vscode-on-demand-tls vscode-on-demand-admin --ignore-not-found
   k delete lease vscode-on-demand-reaper --ignore-not-found
   if [ "$workspaces" = 1 ]; then
@@ -62,14 +66,14 @@ if [ -z "$BIN" ]; then
   BIN=target/release/vscode-on-demand
 fi
 
-say "certificate for ${HOST} (kept if certs/ already has one)"
-"$BIN" cert --dir certs --host "$HOST" --host localhost >&2
+say "certificate for ${HOST} (kept if ${CERTS} already has one)"
+"$BIN" cert --dir "$CERTS" --host "$HOST" --host localhost >&2
 
 say "namespace ${NS}"
 "$KUBECTL" create namespace "$NS" --dry-run=client -o yaml | "$KUBECTL" apply -f - >&2
 
 say "TLS and admin-token Secrets"
-k create secret tls vscode-on-demand-tls --cert=certs/server.crt --key=certs/server.key \
+k create secret tls vscode-on-demand-tls --cert="$CERTS/server.crt" --key="$CERTS/server.key" \
   --dry-run=client -o yaml | k apply -f - >&2
 if ! k get secret vscode-on-demand-admin >/dev/null 2>&1; then
   token=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
@@ -114,8 +118,8 @@ cat <<DONE
 vscode-on-demand is deployed in namespace ${NS}.
   URL:        https://${HOST}
   API token:  ${token}
-  CA cert:    $(pwd)/certs/ca.crt
-  Try:        VOD_API_URL=https://${HOST} VOD_API_TOKEN=${token} VOD_CA_CERT=certs/ca.crt \\
+  CA cert:    $(cd "$CERTS" && pwd)/ca.crt
+  Try:        VOD_API_URL=https://${HOST} VOD_API_TOKEN=${token} VOD_CA_CERT=${CERTS}/ca.crt \\
                 ${BIN} create --user-id user1 --base-image mcr.microsoft.com/devcontainers/python:1-3.12
 With minikube, run 'minikube tunnel' in another terminal so the LoadBalancer Service gets its address.
 DONE

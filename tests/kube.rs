@@ -42,6 +42,10 @@ fn proxy_args<'a>(kubeconfig: &'a str, download: &'a str) -> Vec<&'a str> {
 
 /// What the cluster, the kubelet and the proxies said, for a failed assertion.
 fn diagnose(cp: &ControlPlane, tmp: &std::path::Path) -> String {
+    diagnose_ns(cp, NS, tmp)
+}
+
+fn diagnose_ns(cp: &ControlPlane, ns: &str, tmp: &std::path::Path) -> String {
     let tail = |p: std::path::PathBuf| {
         let text = std::fs::read_to_string(&p).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -52,7 +56,7 @@ fn diagnose(cp: &ControlPlane, tmp: &std::path::Path) -> String {
         )
     };
     let get = |what: &str| {
-        String::from_utf8_lossy(&cp.kubectl(&["-n", NS, "get", what, "-o", "wide"]).stdout)
+        String::from_utf8_lossy(&cp.kubectl(&["-n", ns, "get", what, "-o", "wide"]).stdout)
             .into_owned()
     };
     [
@@ -356,4 +360,160 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         .filter(|l| !l.contains("PodDisruptionBudget") && !l.trim().is_empty())
         .collect();
     assert!(other_errors.is_empty(), "server-side dry run: {stderr}");
+}
+
+/// Runs `deploy.sh` against the test cluster, as an operator would with the current context.
+fn deploy(cp: &ControlPlane, certs: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let path = format!(
+        "{}:{}",
+        cp.bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy.sh"))
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("VOD_NAMESPACE", "vod-deploy")
+        .env("VOD_BIN", BIN)
+        .env("VOD_CERT_DIR", certs)
+        .env("VOD_SKIP_MINIKUBE", "1")
+        .env("VOD_SKIP_IMAGE", "1")
+        .env("VOD_SKIP_HOSTS", "1")
+        .env("VOD_ROLLOUT_TIMEOUT", "120s")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_sh_installs_the_proxy_and_removes_it_keeping_workspaces() {
+    let tmp = tempdir();
+    let cp = ControlPlane::start(&tmp.path().join("cp"));
+    // The proxy pods run our binary; the stand-in kubelet cannot give them an in-cluster
+    // service account, so they get the kubeconfig explicitly.
+    let _kubelet = Kubelet::start(
+        &cp,
+        &tmp.path().join("kubelet"),
+        &[format!(
+            "vscode-on-demand:latest={BIN} {{args-only}} --kubeconfig {}",
+            cp.kubeconfig.display()
+        )],
+    );
+    let certs = tmp.path().join("certs");
+    let first = deploy(&cp, &certs, &[]);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "deploy.sh failed:\n{}\n{}\n{}",
+        String::from_utf8_lossy(&first.stderr),
+        stdout,
+        diagnose_ns(&cp, "vod-deploy", tmp.path())
+    );
+    assert!(stdout.contains("https://vscode.local"), "{stdout}");
+    let token = cp.ok(&[
+        "-n",
+        "vod-deploy",
+        "get",
+        "secret",
+        "vscode-on-demand-admin",
+        "-o",
+        "go-template={{.data.token | base64decode}}",
+    ]);
+    assert!(stdout.contains(&token), "prints the admin token");
+    assert!(certs.join("ca.crt").exists());
+
+    let d = cp.json(&["-n", "vod-deploy", "get", "deployment", "vscode-on-demand"]);
+    assert_eq!(d["status"]["readyReplicas"], 2, "two ready proxies");
+    for (kind, name) in [
+        ("serviceaccount", "vscode-on-demand"),
+        ("role", "vscode-on-demand"),
+        ("rolebinding", "vscode-on-demand"),
+        ("service", "vscode-on-demand"),
+        ("poddisruptionbudget", "vscode-on-demand"),
+        ("networkpolicy", "vscode-on-demand-instances"),
+        ("secret", "vscode-on-demand-tls"),
+    ] {
+        assert!(cp.exists("vod-deploy", kind, name), "{kind}/{name}");
+    }
+    // Each proxy pod answers over TLS with the deployed certificate.
+    let pods = cp.json(&[
+        "-n",
+        "vod-deploy",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=proxy",
+    ]);
+    for p in pods["items"].as_array().unwrap() {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(certs.join("ca.crt"))
+            .args([
+                "--resolve",
+                &format!("vscode.local:8443:{ip}"),
+                "https://vscode.local:8443/api/health",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("healthy"),
+            "{ip}: {out:?}"
+        );
+    }
+
+    let again = deploy(&cp, &certs, &[]);
+    assert!(
+        again.status.success(),
+        "a second run changes nothing and succeeds: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let token_again = cp.ok(&[
+        "-n",
+        "vod-deploy",
+        "get",
+        "secret",
+        "vscode-on-demand-admin",
+        "-o",
+        "go-template={{.data.token | base64decode}}",
+    ]);
+    assert_eq!(token, token_again, "the admin token is kept");
+
+    let ws = serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": { "name": "vsc-ws-someone", "labels": {
+            "app.kubernetes.io/managed-by": "vscode-on-demand", "app.kubernetes.io/component": "workspace" } },
+        "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } },
+    });
+    let ws_file = tmp.path().join("ws.json");
+    std::fs::write(&ws_file, ws.to_string()).unwrap();
+    cp.ok(&["-n", "vod-deploy", "apply", "-f", ws_file.to_str().unwrap()]);
+
+    let del = deploy(&cp, &certs, &["--delete"]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    for (kind, name) in [
+        ("deployment", "vscode-on-demand"),
+        ("secret", "vscode-on-demand-tls"),
+        ("secret", "vscode-on-demand-admin"),
+        ("role", "vscode-on-demand"),
+    ] {
+        assert!(
+            !cp.exists("vod-deploy", kind, name),
+            "{kind}/{name} removed"
+        );
+    }
+    assert!(
+        cp.exists("vod-deploy", "pvc", "vsc-ws-someone"),
+        "workspaces are kept"
+    );
+    let del = deploy(&cp, &certs, &["--delete", "--workspaces"]);
+    assert!(del.status.success());
+    assert!(
+        !cp.exists("vod-deploy", "pvc", "vsc-ws-someone"),
+        "and removed when asked"
+    );
 }

@@ -732,6 +732,7 @@ async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> Option<Exit
 #[derive(Clone, Debug)]
 enum Action {
     Http {
+        https: bool,
         host: String,
         port: u16,
         path: String,
@@ -797,6 +798,7 @@ impl ProbeState {
                 Ok(port) => {
                     let path = h.path.clone().unwrap_or_default();
                     Action::Http {
+                        https: h.scheme.as_deref() == Some("HTTPS"),
                         host: h.host.clone().unwrap_or_else(|| ip.to_string()),
                         port,
                         path: if path.starts_with('/') {
@@ -913,13 +915,15 @@ async fn probe(action: Action, limit: Duration) -> Result<(), String> {
             }
         }
         Action::Http {
+            https,
             host,
             port,
             path,
             headers,
         } => {
-            let url = format!("http://{host}:{port}{path}");
-            match timeout(limit, http_get(&host, port, &path, &headers)).await {
+            let scheme = if https { "https" } else { "http" };
+            let url = format!("{scheme}://{host}:{port}{path}");
+            match timeout(limit, http_get(https, &host, port, &path, &headers)).await {
                 Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
                 Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
                 Ok(Err(e)) => Err(format!("Get {url:?}: {e}")),
@@ -932,6 +936,7 @@ async fn probe(action: Action, limit: Duration) -> Result<(), String> {
 }
 
 async fn http_get(
+    https: bool,
     host: &str,
     port: u16,
     path: &str,
@@ -940,7 +945,29 @@ async fn http_get(
     let stream = TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    if !https {
+        return http_exchange(TokioIo::new(stream), host, port, path, headers).await;
+    }
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let tls = crate::insecure_tls::connector()
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+    http_exchange(TokioIo::new(tls), host, port, path, headers).await
+}
+
+async fn http_exchange<I>(
+    io: I,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<u16, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(conn);

@@ -20,6 +20,7 @@
 
 mod container;
 mod events;
+mod insecure_tls;
 mod ipam;
 mod node;
 mod pod;
