@@ -33,18 +33,25 @@ impl Reaper {
                 () = self.lifecycle.shutdown.cancelled() => return,
             }
             on_tick();
-            for inst in self.lifecycle.registry.all() {
-                let last = inst.last_activity_ms();
-                if persisted.get(inst.id.as_str()) != Some(&last) {
-                    persisted.insert(inst.id.to_string(), last);
-                    if let Err(e) = self.lifecycle.orchestrator.save(&inst.record()).await {
-                        tracing::debug!(instance = %inst.id, error = %e, "saving activity failed");
+            let work = async {
+                for inst in self.lifecycle.registry.all() {
+                    let last = inst.last_activity_ms();
+                    if persisted.get(inst.id.as_str()) != Some(&last) {
+                        persisted.insert(inst.id.to_string(), last);
+                        if let Err(e) = self.lifecycle.orchestrator.save(&inst.record()).await {
+                            tracing::debug!(instance = %inst.id, error = %e, "saving activity failed");
+                        }
                     }
                 }
-            }
-            persisted.retain(|id, _| self.lifecycle.registry.get_str(id).is_some());
-            if self.lifecycle.orchestrator.may_reap().await {
-                self.reap_once().await;
+                persisted.retain(|id, _| self.lifecycle.registry.get_str(id).is_some());
+                if self.lifecycle.orchestrator.may_reap().await {
+                    self.reap_once().await;
+                }
+            };
+            // A stop can wait on the backend for a while; shutdown must not wait for it.
+            tokio::select! {
+                () = work => {}
+                () = self.lifecycle.shutdown.cancelled() => return,
             }
         }
     }

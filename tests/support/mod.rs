@@ -154,7 +154,11 @@ impl Server {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < end, "server did not exit after SIGTERM");
+            assert!(
+                Instant::now() < end,
+                "server did not exit after SIGTERM; its log ends:\n{}",
+                log_tail(&self.data_dir.with_extension("server.log"), 30)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -325,6 +329,13 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 pub fn client_tls(ca: &Path) -> Arc<rustls::ClientConfig> {
