@@ -6,151 +6,15 @@
 
 mod support;
 
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+use support::browser::{instance_processes, run_script, tail, wait_instance_gone, Deps};
 use support::*;
 
 const BUDGET: Duration = Duration::from_secs(300);
 /// Longer than the script's own budget, so the script normally reports its failure itself.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(270);
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/vscode.js");
-const INSTALL_HINT: &str = "run scripts/install-test-deps.sh and export the variables it prints";
-
-struct Deps {
-    code_server: PathBuf,
-    chromium: PathBuf,
-    node_path: PathBuf,
-}
-
-fn dep(var: &str, default: PathBuf, what: &str) -> PathBuf {
-    let path = std::env::var_os(var).map_or(default, PathBuf::from);
-    assert!(
-        path.exists(),
-        "{what} not found at {} (set {var} to override); {INSTALL_HINT}",
-        path.display()
-    );
-    path
-}
-
-impl Deps {
-    fn find() -> Deps {
-        let cache = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-            .join(".cache/vscode-on-demand");
-        let deps = Deps {
-            code_server: dep(
-                "VOD_TEST_CODE_SERVER",
-                cache.join("code-server/node_modules/.bin/code-server"),
-                "code-server",
-            ),
-            chromium: dep(
-                "VOD_TEST_CHROMIUM",
-                PathBuf::from("/usr/bin/chromium"),
-                "chromium",
-            ),
-            node_path: dep(
-                "VOD_TEST_NODE_PATH",
-                cache.join("node/node_modules"),
-                "node_modules",
-            ),
-        };
-        assert!(
-            deps.node_path.join("playwright-core").is_dir(),
-            "playwright-core is not in {}; {INSTALL_HINT}",
-            deps.node_path.display()
-        );
-        let node = Command::new("node").arg("--version").output();
-        assert!(
-            node.is_ok_and(|o| o.status.success()),
-            "node is not on PATH; {INSTALL_HINT}"
-        );
-        deps
-    }
-}
-
-/// Processes whose environment carries the instance marker the local backend sets.
-fn instance_processes(id: &str) -> Vec<i32> {
-    let marker = format!("VOD_INSTANCE_ID={id}");
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
-        })
-        .filter(|pid| pid_alive(*pid))
-        .collect()
-}
-
-/// The last lines of a log, for failure messages.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-struct ScriptRun {
-    success: bool,
-    result: Option<Value>,
-    stdout: String,
-}
-
-/// Runs the browser script, forwarding its progress (stderr) as it happens.
-async fn run_script(deps: &Deps, env: &[(&str, String)]) -> ScriptRun {
-    let mut cmd = Command::new("node");
-    cmd.arg(SCRIPT)
-        .env("NODE_PATH", &deps.node_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("run node");
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-        }
-    });
-    let mut stdout_pipe = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout_pipe.read_to_string(&mut s);
-        s
-    });
-    let end = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > end {
-            // SIGTERM first: playwright closes the browser it launched on the way out.
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let stdout = stdout.join().unwrap();
-    let result = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .and_then(|l| serde_json::from_str(l).ok());
-    ScriptRun {
-        success: status.is_some_and(|s| s.success()),
-        result,
-        stdout,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn code_server_through_the_proxy_survives_stop_and_wake() {
@@ -186,19 +50,20 @@ async fn scenario(deps: Deps) {
 
     let run = run_script(
         &deps,
+        "vscode.js",
         &[
             ("VOD_E2E_URL", c.url.clone()),
             ("VOD_E2E_API", server.base.clone()),
             ("VOD_E2E_ADMIN_TOKEN", server.token.clone()),
             ("VOD_E2E_INSTANCE", c.id.clone()),
             ("VOD_E2E_WORKSPACE", workspace.display().to_string()),
-            ("VOD_E2E_CHROMIUM", deps.chromium.display().to_string()),
             ("VOD_E2E_SCREENSHOTS", shots.display().to_string()),
             (
                 "NODE_EXTRA_CA_CERTS",
                 data.join("certs/ca.crt").display().to_string(),
             ),
         ],
+        SCRIPT_TIMEOUT,
     )
     .await;
     let instance_log = data.join(format!("instances/{}/instance.log", c.id));
@@ -260,16 +125,5 @@ async fn scenario(deps: Deps) {
 
     let status = server.terminate();
     assert!(status.success(), "server exit: {status}");
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = instance_processes(&c.id);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "code-server processes outlived the server: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_instance_gone(&c.id, Duration::from_secs(5)).await;
 }

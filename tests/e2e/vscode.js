@@ -12,34 +12,13 @@
 
 const fs = require('fs');
 const path = require('path');
-const { chromium } = require('playwright-core');
+const { need, log, secs, sleep, poll, launch, api, openTerminal, focusTerminal, waitForShell, run } = require('./common');
 
 const BUDGET_MS = 250_000;
 const WORKBENCH_TIMEOUT_MS = 120_000;
 const FILE_NAME = 'persisted.txt';
 const FILE_TEXT = 'e2e-persist';
 const STARTING_TITLE = 'Starting VS Code…';
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-}
-
-const t0 = Date.now();
-const secs = () => ((Date.now() - t0) / 1000).toFixed(1);
-const log = (msg) => process.stderr.write(`[vscode.js ${secs()}s] ${msg}\n`);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function poll(what, timeoutMs, fn, intervalMs = 250) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}`);
-    await sleep(intervalMs);
-  }
-}
 
 function fileText(p) {
   try {
@@ -51,30 +30,14 @@ function fileText(p) {
 
 async function main(out) {
   const url = need('VOD_E2E_URL');
-  const api = need('VOD_E2E_API').replace(/\/$/, '');
-  const adminToken = need('VOD_E2E_ADMIN_TOKEN');
   const id = need('VOD_E2E_INSTANCE');
   const workspace = need('VOD_E2E_WORKSPACE');
-  const executablePath = need('VOD_E2E_CHROMIUM');
   const shots = need('VOD_E2E_SCREENSHOTS');
   fs.mkdirSync(shots, { recursive: true });
   const instancePath = `/instances/${id}/`;
   const target = path.join(workspace, FILE_NAME);
 
-  out.browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    timeout: 60_000,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  out.browser = await launch();
   const context = await out.browser.newContext({
     ignoreHTTPSErrors: true,
     viewport: { width: 1280, height: 800 },
@@ -171,19 +134,12 @@ async function main(out) {
   log(`${target} written through the terminal`);
   await shot('3-file-written');
 
-  // d. Stop through the API. The page leaves first: the workbench reconnects by itself the
-  // moment its connection drops, and any request to a stopped instance wakes it, so staying
-  // would race the stop and take away the navigation this test wants to see waking it.
+  // d. Stop through the API. The page leaves first, so that what wakes the instance below is
+  // this test's navigation (the workbench's own reconnects are refused after an API stop; that
+  // is tests/idle_e2e.rs's business).
   await page.goto('about:blank');
-  const stopResp = await fetch(`${api}/api/instances/${id}/stop`, {
-    method: 'POST',
-    headers: { Authorization: `Bearer ${adminToken}` },
-    signal: AbortSignal.timeout(30_000),
-  });
-  const stopped = await stopResp.json();
-  if (!stopResp.ok || stopped.status !== 'Stopped') {
-    throw new Error(`stop answered ${stopResp.status}: ${JSON.stringify(stopped)}`);
-  }
+  const stopped = await api('POST', `/instances/${id}/stop`);
+  if (stopped.status !== 'Stopped') throw new Error(`stop answered ${JSON.stringify(stopped)}`);
   out.timings.stopped_s = Number(secs());
   log('instance stopped through the API');
 
@@ -202,49 +158,6 @@ async function main(out) {
   await shot('4-after-wake');
 }
 
-async function openTerminal(page) {
-  // Keyboard focus must be inside the workbench for its keybindings to fire.
-  await page.locator('.monaco-workbench .part.statusbar').click({ timeout: 10_000 }).catch(() => {});
-  await page.keyboard.press('Control+Backquote');
-  const xterm = page.locator('.terminal-wrapper .xterm').first();
-  try {
-    await xterm.waitFor({ state: 'visible', timeout: 15_000 });
-    log('terminal opened with Ctrl+`');
-    return;
-  } catch {
-    log('Ctrl+` did not open a terminal; using the command palette');
-  }
-  await page.keyboard.press('F1');
-  const input = page.locator('.quick-input-widget input');
-  await input.waitFor({ state: 'visible', timeout: 10_000 });
-  await input.fill('>Terminal: Create New Terminal');
-  await page.locator('.quick-input-list .monaco-list-row').first().waitFor({ timeout: 10_000 });
-  await page.keyboard.press('Enter');
-  await xterm.waitFor({ state: 'visible', timeout: 20_000 });
-}
-
-async function focusTerminal(page) {
-  const focused = () =>
-    page.evaluate(() => !!document.activeElement && document.activeElement.classList.contains('xterm-helper-textarea'));
-  if (!(await focused())) {
-    await page.locator('.terminal-wrapper .xterm').first().click({ timeout: 10_000 });
-  }
-  await poll('keyboard focus in the terminal', 10_000, focused);
-}
-
-// Shell integration marks the first prompt with a decoration once the shell reads input. Soon
-// after, VS Code replaces the shell with a fresh one when extensions (git, auto-attach)
-// contribute environment variables to terminals nobody has typed in yet, and keys typed into
-// the replaced shell are lost; the pause usually covers that, the caller's retries the rest.
-async function waitForShell(page) {
-  await page
-    .locator('.terminal-wrapper .terminal-command-decoration')
-    .first()
-    .waitFor({ state: 'attached', timeout: 20_000 })
-    .catch(() => log('no shell-integration prompt mark; typing after a pause'));
-  await sleep(3_000);
-}
-
 async function findInExplorer(page, name) {
   const row = page.locator('.explorer-folders-view .monaco-list-row', { hasText: name }).first();
   try {
@@ -257,55 +170,14 @@ async function findInExplorer(page, name) {
   await row.waitFor({ state: 'visible', timeout: 30_000 });
 }
 
-async function run() {
-  const out = {
-    ok: false,
-    starting_page_seen: false,
-    wake_starting_page_seen: false,
-    timings: {},
-    websockets: [],
-    screenshots: [],
-    bad_responses: [],
-    failed_requests: [],
-    console_errors: [],
-  };
-  const watchdog = setTimeout(() => {
-    log(`overall budget of ${BUDGET_MS / 1000}s exceeded`);
-    // playwright-core kills the browsers it launched when the process exits.
-    process.exit(1);
-  }, BUDGET_MS);
-  let code = 0;
-  try {
-    await main(out);
-    out.ok = true;
-  } catch (e) {
-    code = 1;
-    out.error = String((e && e.stack) || e);
-    log(`FAILED: ${out.error}`);
-    if (out.page) {
-      const p = path.join(process.env.VOD_E2E_SCREENSHOTS || '.', 'failure.png');
-      await out.page
-        .screenshot({ path: p, timeout: 10_000 })
-        .then(() => {
-          out.screenshots.push(p);
-          log(`failure screenshot ${p}`);
-        })
-        .catch((err) => log(`no failure screenshot: ${err.message}`));
-    }
-  } finally {
-    const browser = out.browser;
-    delete out.browser;
-    delete out.page;
-    if (browser) {
-      let timer;
-      const giveUp = new Promise((r) => (timer = setTimeout(r, 15_000)));
-      await Promise.race([browser.close().catch(() => {}), giveUp]);
-      clearTimeout(timer);
-    }
-  }
-  process.stdout.write(`${JSON.stringify(out)}\n`);
-  clearTimeout(watchdog);
-  process.exitCode = code;
-}
-
-run();
+run('vscode.js', BUDGET_MS, main, {
+  ok: false,
+  starting_page_seen: false,
+  wake_starting_page_seen: false,
+  timings: {},
+  websockets: [],
+  screenshots: [],
+  bad_responses: [],
+  failed_requests: [],
+  console_errors: [],
+});

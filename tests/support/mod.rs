@@ -3,6 +3,7 @@
 //! `vod-upstream` as the instance process.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod kube;
 pub mod vscode_cli;
 

@@ -1,0 +1,173 @@
+//! What the end-to-end tests with a real VS Code need: code-server, Chromium and
+//! playwright-core (from `scripts/install-test-deps.sh`; without them the tests fail rather
+//! than skip), a runner for the browser scripts under `tests/e2e/`, and ways to look at what
+//! code-server left behind.
+
+use super::pid_alive;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str = "run scripts/install-test-deps.sh and export the variables it prints";
+
+pub struct Deps {
+    pub code_server: PathBuf,
+    pub chromium: PathBuf,
+    pub node_path: PathBuf,
+}
+
+fn dep(var: &str, default: PathBuf, what: &str) -> PathBuf {
+    let path = std::env::var_os(var).map_or(default, PathBuf::from);
+    assert!(
+        path.exists(),
+        "{what} not found at {} (set {var} to override); {INSTALL_HINT}",
+        path.display()
+    );
+    path
+}
+
+impl Deps {
+    pub fn find() -> Deps {
+        let cache = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/vscode-on-demand");
+        let deps = Deps {
+            code_server: dep(
+                "VOD_TEST_CODE_SERVER",
+                cache.join("code-server/node_modules/.bin/code-server"),
+                "code-server",
+            ),
+            chromium: dep(
+                "VOD_TEST_CHROMIUM",
+                PathBuf::from("/usr/bin/chromium"),
+                "chromium",
+            ),
+            node_path: dep(
+                "VOD_TEST_NODE_PATH",
+                cache.join("node/node_modules"),
+                "node_modules",
+            ),
+        };
+        assert!(
+            deps.node_path.join("playwright-core").is_dir(),
+            "playwright-core is not in {}; {INSTALL_HINT}",
+            deps.node_path.display()
+        );
+        let node = Command::new("node").arg("--version").output();
+        assert!(
+            node.is_ok_and(|o| o.status.success()),
+            "node is not on PATH; {INSTALL_HINT}"
+        );
+        deps
+    }
+}
+
+/// Processes whose environment carries the instance marker the local backend sets.
+pub fn instance_processes(id: &str) -> Vec<i32> {
+    let marker = format!("VOD_INSTANCE_ID={id}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+        })
+        .filter(|pid| pid_alive(*pid))
+        .collect()
+}
+
+/// The last lines of a log, for failure messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub struct ScriptRun {
+    pub success: bool,
+    /// The last JSON line the script printed.
+    pub result: Option<Value>,
+    pub stdout: String,
+}
+
+/// Runs a browser script under `tests/e2e/`, forwarding its progress (stderr) as it happens;
+/// it is stopped after `timeout`.
+pub async fn run_script(
+    deps: &Deps,
+    script: &str,
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> ScriptRun {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e")
+        .join(script);
+    let mut cmd = Command::new("node");
+    cmd.arg(&path)
+        .env("NODE_PATH", &deps.node_path)
+        .env("VOD_E2E_CHROMIUM", &deps.chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run node");
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout_pipe.read_to_string(&mut s);
+        s
+    });
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > end {
+            // SIGTERM first: playwright closes the browser it launched on the way out.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            std::thread::sleep(Duration::from_secs(5));
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stdout = stdout.join().unwrap();
+    let result = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok());
+    ScriptRun {
+        success: status.is_some_and(|s| s.success()),
+        result,
+        stdout,
+    }
+}
+
+/// Waits until no process of the instance is left.
+pub async fn wait_instance_gone(id: &str, within: Duration) {
+    let end = Instant::now() + within;
+    loop {
+        let left = instance_processes(id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "code-server processes of {id} are still running: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
