@@ -103,6 +103,7 @@ fn kube_settings(cfg: &ServeConfig) -> KubeSettings {
         workspace_access_mode: cfg.workspace_access_mode.clone(),
         config_storage: cfg.config_storage.clone(),
         download_url: cfg.vscode_download_url.clone(),
+        replica_name: cfg.replica_name.clone(),
     }
 }
 

@@ -196,6 +196,10 @@ pub struct ServeConfig {
     /// Size of each instance's config volume (VS Code CLI, settings, extensions).
     #[arg(long, env = "VOD_CONFIG_STORAGE", default_value = "2Gi")]
     pub config_storage: String,
+    /// This server's name among replicas (the pod name), held in the reaper Lease
+    /// [default: random].
+    #[arg(long, env = "POD_NAME")]
+    pub replica_name: Option<String>,
     /// How long shutdown waits for open connections to finish.
     #[arg(long, env = "VOD_DRAIN_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub drain_timeout: Duration,

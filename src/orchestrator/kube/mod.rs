@@ -72,8 +72,10 @@ impl Kube {
                 .map_err(|e| OrchestratorError::Kube(format!("no cluster configuration: {e}")))?,
         };
         let client = Client::try_from(config).map_err(kerr("building the client"))?;
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("vscode-on-demand-{:08x}", rand::random::<u32>()));
+        let identity = settings
+            .replica_name
+            .clone()
+            .unwrap_or_else(|| format!("vscode-on-demand-{:08x}", rand::random::<u32>()));
         Ok(Self {
             client,
             settings,

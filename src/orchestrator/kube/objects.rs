@@ -30,6 +30,8 @@ pub struct KubeSettings {
     pub workspace_access_mode: String,
     pub config_storage: String,
     pub download_url: String,
+    /// This server's name among replicas, for the reaper Lease.
+    pub replica_name: Option<String>,
 }
 
 pub fn deployment_name(id: &str) -> String {
