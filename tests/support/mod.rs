@@ -317,18 +317,23 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
-            let end = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        stop_child(&mut self.child);
+    }
+}
+
+/// SIGTERM, a grace period, then SIGKILL: what every process a test starts gets at the end.
+pub fn stop_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
