@@ -10,9 +10,10 @@
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, dispatch, graceful shutdown.
 //! - [`http`]: the router (pure), response helpers, server-sent events.
 //! - [`api`]: the `/api` handlers.
-//! - [`proxy`]: token check, starting page, forwarding and WebSocket splicing.
+//! - [`proxy`]: token check, starting page, forwarding and WebSocket splicing, the activity
+//!   signal (the script added to pages, what counts as work).
 //! - [`state`]: what request handlers share.
-//! - [`lifecycle`]: single-flight start, readiness wait, stop, the idle reaper.
+//! - [`lifecycle`]: single-flight start, readiness wait, stop, the idle policy and reaper.
 //! - [`registry`]: the instance table, live status and activity.
 //! - [`orchestrator`]: the backend trait and the local (child process) backend.
 //! - [`instance`]: domain types, validated at the edge.

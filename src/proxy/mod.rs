@@ -87,7 +87,6 @@ pub async fn handle(
             "WebSocket connections must come from pages of this host",
         );
     }
-    let guard = source.is_activity().then(|| inst.activity());
     let upstream = match inst.running_upstream() {
         Some(u) => u,
         None => {
@@ -110,8 +109,7 @@ pub async fn handle(
     if websocket {
         forward_upgrade(sh, inst, upstream, rest, req, peer).await
     } else {
-        let page = navigation.then(|| activity::script_tag(inst.id.as_str()));
-        forward(sh, &inst, upstream, rest, req, peer, guard, page).await
+        forward(sh, &inst, upstream, rest, req, peer, source).await
     }
 }
 
@@ -271,17 +269,19 @@ fn upstream_failed(e: impl std::fmt::Display) -> Response<Body> {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn forward(
     sh: &Arc<Shared>,
-    inst: &Instance,
+    inst: &Arc<Instance>,
     upstream: Upstream,
     rest: &str,
     req: Request<Incoming>,
     peer: IpAddr,
-    guard: Option<ActivityGuard>,
-    script_tag: Option<String>,
+    source: Source,
 ) -> Response<Body> {
+    // Work keeps the instance busy until its response is sent; a page's background traffic
+    // does not.
+    let guard = source.is_activity().then(|| inst.activity());
+    let script_tag = (source == Source::Navigation).then(|| activity::script_tag(inst.id.as_str()));
     let mut req = match upstream_request(upstream, inst.id.as_str(), rest, req, peer, false) {
         Ok(r) => r,
         Err(r) => return r,
