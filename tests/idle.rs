@@ -373,10 +373,14 @@ async fn reconnects_after_an_idle_stop_do_not_start_it_but_a_navigation_does() {
     assert_eq!(body_text(r).await, "hello");
     assert_eq!(starts(&f.starts).len(), 4);
 
-    // A stop nobody chose (the server restarting) is undone by the reconnect itself.
+    // A stop nobody chose (the server restarting) is undone by the reconnect itself. The last
+    // activity survives the restart.
+    let before = instance(s, &c).await;
     f.restart(&["--idle-timeout", "1h"]);
     let s = &f.server;
-    assert_eq!(instance(s, &c).await["stop_reason"], "shutdown");
+    let after = instance(s, &c).await;
+    assert_eq!(after["stop_reason"], "shutdown");
+    assert_eq!(after["last_activity"], before["last_activity"]);
     let mut ws = open_websocket(s, &c).await.expect("a reconnect starts it");
     ws.send(Message::text("back")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("back"));

@@ -319,3 +319,77 @@ impl Lifecycle {
         futures_util::future::join_all(stops).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! How a follower takes in what other servers did to an instance's stop reason.
+
+    use super::*;
+    use crate::instance::{AccessToken, CreateRequest, InstanceId, InstanceRecord, SpecDefaults};
+    use crate::orchestrator::local::Local;
+    use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
+
+    fn record(stop_reason: Option<&str>) -> InstanceRecord {
+        let (user, spec) = CreateRequest {
+            user_id: "alice".into(),
+            ..Default::default()
+        }
+        .validate(&SpecDefaults::default())
+        .unwrap();
+        InstanceRecord {
+            instance_id: InstanceId::parse("alice-0000000a").unwrap(),
+            user_id: user,
+            spec,
+            access_token: AccessToken::generate(),
+            created_at: 0,
+            last_activity_ms: 0,
+            stop_reason: stop_reason.map(String::from),
+        }
+    }
+
+    fn seen(stop_reason: Option<&str>, scaled_up: bool) -> Observed {
+        Observed::Present {
+            record: Box::new(record(stop_reason)),
+            scaled_up,
+        }
+    }
+
+    #[test]
+    fn stop_reasons_follow_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RuntimeConfig {
+            kind: RuntimeKind::Command,
+            code_server: None,
+            code_cli: None,
+            command: Some("true".into()),
+            download_url: String::new(),
+        };
+        let lc = Lifecycle {
+            registry: Arc::new(Registry::new()),
+            orchestrator: Arc::new(Local::new(dir.path().to_owned(), runtime).unwrap()),
+            start_timeout: Duration::from_secs(1),
+            shutdown: CancellationToken::new(),
+        };
+        lc.apply(seen(None, false));
+        let inst = lc.registry.all().pop().unwrap();
+        let reason = || inst.status().stop_reason;
+        assert_eq!(reason(), None, "found stopped: nobody stopped it");
+
+        // Another server stops it for idleness: the reason arrives after the scale-down.
+        inst.update(|s| {
+            s.state = State::Running;
+            true
+        });
+        lc.apply(seen(None, false));
+        assert_eq!(inst.state(), State::Stopped);
+        assert_eq!(reason().as_deref(), Some("scaled down"));
+        lc.apply(seen(Some(reason::IDLE), false));
+        assert_eq!(reason().as_deref(), Some(reason::IDLE));
+
+        // Another server starts it again: reconnects here may join it.
+        lc.apply(seen(Some(reason::IDLE), true));
+        assert_eq!(reason(), None);
+        lc.apply(seen(None, true));
+        assert_eq!((inst.state(), reason()), (State::Stopped, None));
+    }
+}
