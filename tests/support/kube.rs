@@ -32,13 +32,24 @@ impl ControlPlane {
             cache.join("kube/bin/kube-apiserver").exists(),
             "the test control plane is not built: run `scripts/kube-testenv.sh build` (or scripts/test.sh)"
         );
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/kube-testenv.sh"))
-            .arg("start")
-            .arg(dir)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
+        // Two control planes picking free ports at the same moment can pick the same one, so
+        // starts in one test process take turns, and a start that lost such a race is retried.
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+        let mut attempts = 0;
+        let out = loop {
+            attempts += 1;
+            let out = Command::new("bash")
+                .arg(repo().join("scripts/kube-testenv.sh"))
+                .arg("start")
+                .arg(dir)
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap();
+            if out.status.success() || attempts == 3 {
+                break out;
+            }
+        };
         assert!(out.status.success(), "control plane failed to start");
         let env_file = String::from_utf8(out.stdout).unwrap();
         let env = std::fs::read_to_string(env_file.trim().lines().last().unwrap()).unwrap();
