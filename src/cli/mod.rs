@@ -133,6 +133,9 @@ fn print_instance(v: &Value) {
         "{:<16} {}s (notice {}s before)",
         "Idle timeout", v["idle_timeout"], v["idle_notice"]
     );
+    if let Some(t) = v["busy_until"].as_str() {
+        println!("{:<16} {t}", "Busy until");
+    }
     if let Some(t) = v["idle_stop_at"].as_str() {
         println!("{:<16} {t} unless there is activity", "Idle stop at");
     }
