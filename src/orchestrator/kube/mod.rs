@@ -6,6 +6,7 @@
 
 mod lease;
 pub mod objects;
+mod pods;
 
 use super::{Observed, Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
 use crate::instance::{AccessToken, InstanceId, InstanceRecord, InstanceSpec, Upstream, UserId};
@@ -17,9 +18,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use objects::*;
+use pods::{lost, pod_progress, ready_addr};
 use serde_json::json;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,16 +28,6 @@ pub use objects::KubeSettings;
 
 const POLL: Duration = Duration::from_millis(250);
 const STOP_WAIT: Duration = Duration::from_secs(60);
-/// Container states that will not fix themselves: a start fails at once with the reason.
-const FATAL_WAITING: [&str; 7] = [
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-    "CrashLoopBackOff",
-];
 
 fn kerr(context: &str) -> impl FnOnce(kube::Error) -> OrchestratorError + '_ {
     move |e| OrchestratorError::Kube(format!("{context}: {e}"))
@@ -201,65 +192,6 @@ impl Kube {
             .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
             .and_then(|e| Some(format!("{}: {}", e.reason?, e.message.unwrap_or_default())))
     }
-}
-
-/// Where a pod serves once it is ready and not going away.
-fn ready_addr(pod: &Pod) -> Option<SocketAddr> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    let ready = status
-        .conditions
-        .as_ref()?
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    let ip: std::net::IpAddr = status.pod_ip.as_ref()?.parse().ok()?;
-    ready.then_some(SocketAddr::new(ip, PORT))
-}
-
-/// A stage of a pod's start, for people; or the reason it cannot start.
-fn pod_progress(pod: &Pod) -> std::result::Result<String, String> {
-    let Some(status) = &pod.status else {
-        return Ok("waiting for a node".into());
-    };
-    let waiting = |list: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
-        list.iter().flatten().find_map(|c| {
-            let w = c.state.as_ref()?.waiting.as_ref()?;
-            Some((
-                c.name.clone(),
-                w.reason.clone().unwrap_or_default(),
-                w.message.clone().unwrap_or_default(),
-            ))
-        })
-    };
-    for (name, reason, message) in waiting(&status.init_container_statuses)
-        .into_iter()
-        .chain(waiting(&status.container_statuses))
-    {
-        if FATAL_WAITING.contains(&reason.as_str()) {
-            return Err(format!("container {name}: {reason} {message}")
-                .trim()
-                .to_owned());
-        }
-    }
-    let initializing = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
-    if initializing {
-        return Ok("installing VS Code".into());
-    }
-    let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref());
-    Ok(match (scheduled, status.phase.as_deref()) {
-        (None, _) => "waiting for a node".into(),
-        (Some(node), Some("Pending")) => {
-            format!("scheduled on {node}; preparing volumes and images")
-        }
-        (Some(_), Some("Running")) => "VS Code is starting".into(),
-        (Some(_), phase) => format!("pod is {}", phase.unwrap_or("unknown")),
-    })
 }
 
 #[async_trait]
@@ -490,22 +422,4 @@ impl Orchestrator for Kube {
     async fn may_reap(&self) -> bool {
         lease::hold(&self.client, &self.settings.namespace, &self.identity).await
     }
-}
-
-/// A pod that is going away or not ready no longer serves its address.
-fn lost(p: &Pod) -> Option<Observed> {
-    if ready_addr(p).is_some() {
-        return None;
-    }
-    let id = p
-        .metadata
-        .labels
-        .as_ref()?
-        .get(INSTANCE_LABEL)
-        .and_then(|i| InstanceId::parse(i).ok())?;
-    let ip = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
-    Some(Observed::Lost {
-        id,
-        addr: SocketAddr::new(ip, PORT),
-    })
 }
