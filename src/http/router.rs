@@ -43,11 +43,22 @@ fn valid_id_chars(id: &str) -> bool {
 
 /// Rejects what could make the path mean something else upstream than it does here.
 fn ambiguous(path: &str) -> Option<&'static str> {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+    // One pass over the escapes, without a lowercased copy: this runs on every proxied request.
+    let (mut slash, mut dot) = (path.contains('\\'), false);
+    for esc in path.as_bytes().split(|&b| b == b'%').skip(1) {
+        match esc
+            .get(..2)
+            .map(|c| [c[0].to_ascii_lowercase(), c[1].to_ascii_lowercase()])
+        {
+            Some([b'2', b'f'] | [b'5', b'c']) => slash = true,
+            Some([b'2', b'e']) => dot = true,
+            _ => {}
+        }
+    }
+    if slash {
         return Some("encoded slashes are not allowed in instance paths");
     }
-    if lower.contains("%2e") {
+    if dot {
         return Some("encoded dots are not allowed in instance paths");
     }
     if path.split('/').any(|seg| seg == "." || seg == "..") {

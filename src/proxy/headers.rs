@@ -17,6 +17,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers, including any the `Connection` header names. With `keep_upgrade`
 /// the `Connection: upgrade` / `Upgrade` pair stays, for a WebSocket handshake.
 pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names is cheaper than nine removes,
+    // each of which hashes its name.
+    if !keep_upgrade && !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION).and_then(|v| v.to_str().ok()) {
         let named: Vec<HeaderName> = conn
             .split(',')
@@ -40,13 +45,59 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(n) || n == "keep-alive" || n == "proxy-connection"
+}
+
+/// An address as a header value, without the formatting machinery (this runs per request).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 21];
+    match ip {
+        IpAddr::V4(v4) => {
+            let n = write_ipv4(&mut buf, v4.octets());
+            HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static("unknown"))
+        }
+        IpAddr::V6(_) => {
+            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+        }
+    }
+}
+
+/// Writes `a.b.c.d` into `buf` (at least 15 bytes) and returns its length.
+pub fn write_ipv4(buf: &mut [u8], octets: [u8; 4]) -> usize {
+    let mut n = 0;
+    for (i, o) in octets.into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        n += write_u16(&mut buf[n..], o.into());
+    }
+    n
+}
+
+/// Writes `v` in decimal into `buf` (at least 5 bytes) and returns its length.
+pub fn write_u16(buf: &mut [u8], v: u16) -> usize {
+    let mut digits = [0u8; 5];
+    let (mut v, mut len) = (v, 0);
+    loop {
+        digits[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = digits[len - 1 - i];
+    }
+    len
+}
+
 /// Sets `X-Forwarded-For/Proto/Host`. We are the edge, so values from the client are replaced,
 /// not trusted.
 pub fn set_forwarded(h: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
-    h.insert(
-        HeaderName::from_static("x-forwarded-for"),
-        HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
-    );
+    h.insert(HeaderName::from_static("x-forwarded-for"), ip_value(peer));
     h.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("https"),
@@ -94,6 +145,19 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn addresses_are_written_like_display() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.255.9", "::1", "fe80::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip), ip.to_string().as_str());
+        }
+        let mut buf = [0u8; 5];
+        for v in [0u16, 9, 10, 443, 8443, 65535] {
+            let n = write_u16(&mut buf, v);
+            assert_eq!(&buf[..n], v.to_string().as_bytes());
+        }
     }
 
     #[test]
