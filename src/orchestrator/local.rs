@@ -24,7 +24,10 @@ use tokio::sync::{oneshot, watch};
 
 /// How long a stopped instance gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// Between readiness probes. A held request waits for the probe that follows the instance's
+/// readiness, so this bounds the wake overhead; a probe of a port nobody listens on yet is one
+/// refused connect.
+const PROBE_INTERVAL: Duration = Duration::from_millis(2);
 
 struct Proc {
     pgid: i32,
