@@ -11,3 +11,5 @@ bash scripts/kube-testenv.sh build
 cargo fmt --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --all-features
+# The benchmark's smoke mode (seconds, on the debug build above), so bench/ cannot rot.
+bash bench/run.sh --smoke

@@ -1,0 +1,619 @@
+#!/usr/bin/env bash
+# Measures vscode-on-demand's proxy path side by side with the limit (the load generator straight
+# to the upstream) and with peers (nginx, haproxy, caddy, configurable-http-proxy), all in one
+# run against the same upstream with the same certificate, and prints a table of absolute
+# figures and ratios. See bench/README.md.
+#
+#   bash bench/run.sh           full run (about 15 minutes with the defaults)
+#   bash bench/run.sh --smoke   a few seconds, correctness only; exits non-zero on failure
+#   bash bench/run.sh --hold    starts everything, prints the URLs and PIDs, and waits (for
+#                               profiling one target with perf while driving it by hand)
+#
+# Environment: BENCH_BIN_DIR (use the binaries there instead of building), BENCH_DURATION (seconds per measurement, 10), BENCH_RUNS (3; medians are
+# reported), BENCH_PROXY_CPU (0) and BENCH_LOAD_CPU (1): the core every proxy is pinned to and
+# the core shared by the load generator and the upstream. BENCH_IDLE_WS (WebSockets for case 6),
+# BENCH_WAKES (wakes for case 7), BENCH_CASES (e.g. "5 7 ir"; "ir" counts instructions per
+# request with callgrind; cases 1-4 always run together),
+# BENCH_RESULTS (where the raw result lines go).
+set -euo pipefail
+
+MODE=full
+case "${1:-}" in
+  --smoke) MODE=smoke ;;
+  --hold) MODE=hold ;;
+  "") ;;
+  *) echo "usage: $0 [--smoke | --hold]" >&2; exit 2 ;;
+esac
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH="$ROOT/bench"
+CACHE="${VOD_CACHE:-$HOME/.cache/vscode-on-demand}/bench"
+CHP_VERSION=5.3.0
+DURATION="${BENCH_DURATION:-10}"
+RUNS="${BENCH_RUNS:-3}"
+PROXY_CPU="${BENCH_PROXY_CPU:-0}"
+LOAD_CPU="${BENCH_LOAD_CPU:-1}"
+WAKES="${BENCH_WAKES:-7}"
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
+die() {
+  log "FAIL: $*"
+  # The servers' own logs usually say why; they are deleted with the work directory.
+  if [ -n "${WORK:-}" ]; then
+    local f
+    for f in "$WORK"/*/*.log; do
+      [ -s "$f" ] && { echo "--- ${f#"$WORK"/} (last lines)" >&2; tail -n 5 "$f" >&2; }
+    done
+  fi
+  exit 1
+}
+
+# ---- tools ------------------------------------------------------------------------------------
+
+# Debian packages and one npm package, installed once; later runs only check they are there.
+install_tools() {
+  local pkgs=(nginx haproxy caddy wrk python3 curl)
+  if [ "$MODE" = full ]; then pkgs+=(strace valgrind nghttp2-client); fi
+  local missing=() p
+  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  CHP="$CACHE/chp-$CHP_VERSION/node_modules/.bin/configurable-http-proxy"
+  if [ ! -x "$CHP" ]; then
+    log "installing configurable-http-proxy $CHP_VERSION"
+    mkdir -p "$CACHE/chp-$CHP_VERSION"
+    npm install --prefix "$CACHE/chp-$CHP_VERSION" --no-audit --no-fund --loglevel=error \
+      "configurable-http-proxy@$CHP_VERSION" >&2
+    [ -x "$CHP" ] || die "configurable-http-proxy did not install"
+  fi
+  # Services the packages may have started would take the machine's cores during the run.
+  local svc
+  for svc in nginx haproxy caddy; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      log "note: the system's $svc service is running; it does not take part"
+    fi
+  done
+}
+
+# The smoke mode reuses the debug build that the test suite just made; figures need release.
+# BENCH_BIN_DIR names a directory with both binaries instead, to compare two builds.
+build() {
+  if [ -n "${BENCH_BIN_DIR:-}" ]; then
+    VOD="$BENCH_BIN_DIR/vscode-on-demand"
+    UPSTREAM_BIN="$BENCH_BIN_DIR/vod-upstream"
+    if [ ! -x "$VOD" ] || [ ! -x "$UPSTREAM_BIN" ]; then die "$BENCH_BIN_DIR lacks a binary"; fi
+    return 0
+  fi
+  local target_dir profile=()
+  target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  if [ "$MODE" != smoke ]; then profile=(--release); fi
+  (cd "$ROOT" && cargo build -q "${profile[@]}" --features testkit --bin vscode-on-demand --bin vod-upstream)
+  local dir=debug
+  [ "$MODE" != smoke ] && dir=release
+  VOD="$target_dir/$dir/vscode-on-demand"
+  UPSTREAM_BIN="$target_dir/$dir/vod-upstream"
+}
+
+# ---- processes --------------------------------------------------------------------------------
+
+PIDS=()
+WORK=""
+
+stop_pid() {
+  local pid=$1 secs=${2:-10}
+  kill "$pid" 2>/dev/null || return 0
+  # vscode-on-demand stops its instances on SIGTERM; give it time, then insist.
+  for _ in $(seq $((secs * 10))); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local pid f
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  # An instance outlives its server only if the server was killed; its group id is on disk.
+  if [ -n "$WORK" ]; then
+    for f in "$WORK"/*/instances/*/pgid; do
+      [ -f "$f" ] && kill -9 -- "-$(cat "$f")" 2>/dev/null
+    done
+    rm -rf "$WORK"
+  fi
+  return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Waits (bounded) until a URL answers at all.
+wait_url() {
+  local url=$1 secs=${2:-20} pid=${3:-}
+  for _ in $(seq $((secs * 10))); do
+    curl -sk -o /dev/null --max-time 1 "$url" && return 0
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then die "the server for $url exited"; fi
+    sleep 0.1
+  done
+  die "$url did not answer within ${secs}s"
+}
+
+cpu_ticks() {
+  local s f
+  s=$(<"/proc/$1/stat")
+  s=${s##*) }
+  read -r -a f <<<"$s"
+  echo $((f[11] + f[12]))
+}
+
+# The value of key=value in a line that bench/tool.py printed.
+field() {
+  local s=" $2 "
+  s=${s#* "$1"=}
+  echo "${s%% *}"
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# Starts a server on the proxy core with the bench's instance command; sets VOD_PID.
+start_vod() {
+  local dir=$1 port=$2 cmd=$3
+  shift 3
+  mkdir -p "$dir"
+  NO_COLOR=1 VOD_LOG=info taskset -c "$PROXY_CPU" "$VOD" serve --listen "127.0.0.1:$port" \
+    --data-dir "$dir" --runtime command --command "$cmd" --max-connections 19500 "$@" \
+    >"$dir/server.out" 2>"$dir/server.log" &
+  VOD_PID=$!
+  PIDS+=("$VOD_PID")
+}
+
+# Creates the bench instance and wakes it with a held request; sets INST_ID, INST_TOKEN and
+# UP_PORT (the instance's port, which every peer proxies to as well).
+create_and_wake() {
+  local dir=$1 port=$2 json
+  wait_url "https://127.0.0.1:$port/api/health" 180 "$VOD_PID"
+  json=$("$VOD" create --user-id bench --data-dir "$dir" --json)
+  INST_ID=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["instance_id"])' <<<"$json")
+  INST_TOKEN=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' <<<"$json")
+  local body
+  body=$(curl -sS --max-time 30 --cacert "$dir/certs/ca.crt" --resolve "localhost:$port:127.0.0.1" \
+    -b "vod_tkn=$INST_TOKEN" "https://localhost:$port/instances/$INST_ID/small") ||
+    die "the instance did not start"
+  [ "$body" = hello ] || die "unexpected answer through vscode-on-demand: $body"
+  UP_PORT=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/server.log" | grep -o 'addr=127.0.0.1:[0-9]*' |
+    tail -1 | cut -d: -f2)
+  [ -n "$UP_PORT" ] || die "no instance address in $dir/server.log"
+}
+
+start_nginx() {
+  local port=$1 dir="$WORK/nginx"
+  mkdir -p "$dir/tmp"
+  cat >"$dir/nginx.conf" <<EOF
+# One worker on the proxy core, in the foreground, so its CPU time is one process's.
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $NOFILE; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  keepalive_requests 100000000;
+  upstream instance {
+    server 127.0.0.1:$UP_PORT;
+    keepalive 256;
+    keepalive_requests 100000000;
+  }
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
+  server {
+    listen 127.0.0.1:$port ssl http2;
+    ssl_certificate $CERT;
+    ssl_certificate_key $KEY;
+    ssl_protocols TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    location /instances/$INST_ID/ {
+      proxy_pass http://instance/;
+      proxy_http_version 1.1;
+      proxy_set_header Host \$host;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_buffer_size 16k;
+      proxy_buffers 8 16k;
+      proxy_read_timeout 1h;
+    }
+  }
+}
+EOF
+  taskset -c "$PROXY_CPU" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" 2>"$dir/stderr.log" &
+  PEER_PID[nginx]=$!
+  PIDS+=("$!")
+}
+
+start_haproxy() {
+  local port=$1 dir="$WORK/haproxy"
+  mkdir -p "$dir"
+  cat "$CERT" "$KEY" >"$dir/server.pem"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn $(((NOFILE - 100) / 2))
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:$port ssl crt $dir/server.pem alpn h2,http/1.1
+  default_backend instance
+backend instance
+  http-reuse always
+  http-request replace-path /instances/[^/]+(/.*) \1
+  server up 127.0.0.1:$UP_PORT
+EOF
+  taskset -c "$PROXY_CPU" haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
+  PEER_PID[haproxy]=$!
+  PIDS+=("$!")
+}
+
+start_caddy() {
+  local port=$1 dir="$WORK/caddy"
+  mkdir -p "$dir"
+  cat >"$dir/Caddyfile" <<EOF
+{
+  admin off
+  auto_https disable_redirects
+  skip_install_trust
+}
+https://:$port {
+  bind 127.0.0.1
+  tls $CERT $KEY
+  handle_path /instances/$INST_ID/* {
+    reverse_proxy 127.0.0.1:$UP_PORT
+  }
+}
+EOF
+  # GOMAXPROCS follows the affinity mask only in newer Go releases; set it like tokio's.
+  HOME="$dir" XDG_DATA_HOME="$dir" XDG_CONFIG_HOME="$dir" GOMAXPROCS=1 \
+    taskset -c "$PROXY_CPU" caddy run --config "$dir/Caddyfile" --adapter caddyfile \
+    >"$dir/caddy.log" 2>&1 &
+  PEER_PID[caddy]=$!
+  PIDS+=("$!")
+}
+
+start_chp() {
+  local port=$1 dir="$WORK/chp"
+  mkdir -p "$dir"
+  CONFIGPROXY_AUTH_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))') \
+    taskset -c "$PROXY_CPU" "$CHP" --ip 127.0.0.1 --port "$port" --api-ip 127.0.0.1 \
+    --api-port "$(free_port)" --default-target "http://127.0.0.1:$UP_PORT" \
+    --ssl-key "$KEY" --ssl-cert "$CERT" --log-level warn >"$dir/chp.log" 2>&1 &
+  PEER_PID[chp]=$!
+  PIDS+=("$!")
+}
+
+# Starts the main server, its instance and every peer in front of the same upstream; sets
+# URL_<target> (base URL up to the instance prefix) and PEER_PID.
+declare -A PEER_PID BASE
+start_all() {
+  local port
+  port=$(free_port)
+  VOD_DIR="$WORK/vod"
+  # taskset in the command puts the instance (the shared upstream) on the load core from exec.
+  start_vod "$VOD_DIR" "$port" "taskset -c $LOAD_CPU $UPSTREAM_BIN --port {port}"
+  PEER_PID[vod]=$VOD_PID
+  create_and_wake "$VOD_DIR" "$port"
+  CERT="$VOD_DIR/certs/server.crt"
+  KEY="$VOD_DIR/certs/server.key"
+  CA="$VOD_DIR/certs/ca.crt"
+  COOKIE="vod_tkn=$INST_TOKEN"
+  BASE[direct]="http://127.0.0.1:$UP_PORT/instances/$INST_ID"
+  BASE[vod]="https://127.0.0.1:$port/instances/$INST_ID"
+  PEER_PID[direct]=""
+  local t p
+  for t in nginx haproxy caddy chp; do
+    p=$(free_port)
+    "start_$t" "$p"
+    BASE[$t]="https://127.0.0.1:$p/instances/$INST_ID"
+  done
+  for t in nginx haproxy caddy chp; do
+    wait_url "${BASE[$t]}/small" 20 "${PEER_PID[$t]}"
+  done
+  log "upstream 127.0.0.1:$UP_PORT; proxies on core $PROXY_CPU, load and upstream on core $LOAD_CPU"
+}
+
+ws_url() { local b=${BASE[$1]}; b=${b/#https:/wss:}; echo "${b/#http:/ws:}/ws"; }
+
+tool() { taskset -c "$LOAD_CPU" python3 "$BENCH/tool.py" "$@"; }
+
+# ---- measurements -----------------------------------------------------------------------------
+
+RESULTS=""
+put() { echo "$*" >>"$RESULTS"; }
+
+# One wrk run against a target; prints "requests duration_us bytes p50 p99 errors cpu_ticks".
+wrk_once() {
+  local target=$1 conns=$2 path=$3
+  shift 3
+  local pid=${PEER_PID[$target]} c0=0 c1=0 out line
+  [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 10s \
+    -s "$BENCH/wrk-report.lua" -H "Cookie: $COOKIE" "$@" "${BASE[$target]}$path")
+  [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+  line=$(grep '^WRK ' <<<"$out") || die "wrk printed no result for $target"
+  local _ req dur bytes p50 p99 err serr
+  read -r _ req dur bytes p50 p99 err serr <<<"$line"
+  if [ "$serr" -gt 0 ] || [ "$req" -eq 0 ]; then
+    die "$target answered $serr non-2xx responses out of $req on $path"
+  fi
+  [ "$err" -gt 0 ] && log "note: $target: $err socket errors on $path"
+  echo "$req $dur $bytes $p50 $p99 $err $((c1 - c0))"
+}
+
+# Records the usual figures of one run under a case name.
+wrk_case() {
+  local case=$1 target=$2 conns=$3 path=$4
+  shift 4
+  local r req dur bytes p50 p99 err ticks
+  r=$(wrk_once "$target" "$conns" "$path" "$@")
+  read -r req dur bytes p50 p99 err ticks <<<"$r"
+  put "$case $target rps $(awk -v r="$req" -v d="$dur" 'BEGIN{printf "%.1f", r/d*1e6}')"
+  put "$case $target mbps $(awk -v b="$bytes" -v d="$dur" 'BEGIN{printf "%.1f", b/d}')"
+  put "$case $target p50_us $p50"
+  put "$case $target p99_us $p99"
+  if [ "$target" != direct ]; then
+    put "$case $target cpu_us $(awk -v t="$ticks" -v r="$req" -v hz="$CLK_TCK" 'BEGIN{printf "%.1f", t/hz*1e6/r}')"
+  fi
+  LAST_P50=$p50 LAST_P99=$p99
+}
+
+TARGETS=(direct vod nginx haproxy caddy chp)
+
+case_http() {
+  local round t d50 d99
+  for round in $(seq "$RUNS"); do
+    log "cases 1-4, round $round of $RUNS"
+    for t in "${TARGETS[@]}"; do
+      wrk_case c1 "$t" 64 /small
+    done
+    log "  case 1: one connection"
+    for t in "${TARGETS[@]}"; do
+      wrk_case c1lat "$t" 1 /small
+      if [ "$t" = direct ]; then
+        d50=$LAST_P50 d99=$LAST_P99
+      else
+        put "c1lat $t add50_us $((LAST_P50 - d50))"
+        put "c1lat $t add99_us $((LAST_P99 - d99))"
+      fi
+    done
+    log "  case 2: 64 KiB bodies"
+    for t in "${TARGETS[@]}"; do
+      wrk_case c2 "$t" 64 /big
+    done
+    log "  case 3: new connections"
+    for t in "${TARGETS[@]}"; do
+      # Connection: close makes wrk open a new connection, with a full handshake, per request.
+      wrk_case c3 "$t" 64 /small -H "Connection: close"
+    done
+    log "  case 4: WebSockets"
+    for t in "${TARGETS[@]}"; do
+      local rtt tp pid=${PEER_PID[$t]} c0=0 c1=0
+      rtt=$(tool ws-rtt "$(ws_url "$t")" --cafile "$CA" --cookie "$COOKIE" --duration "$DURATION")
+      [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+      tp=$(tool ws-throughput "$(ws_url "$t")" --cafile "$CA" --cookie "$COOKIE" --duration "$DURATION")
+      [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+      put "c4 $t rtt50_us $(field p50_us "$rtt")"
+      put "c4 $t rtt99_us $(field p99_us "$rtt")"
+      put "c4 $t mbps $(field mbps "$tp")"
+      if [ -n "$pid" ]; then
+        # Proxy CPU per MiB echoed (each MiB crosses the proxy once in each direction).
+        put "c4 $t cpu_us $(awk -v t=$((c1 - c0)) -v n="$(field n "$tp")" -v hz="$CLK_TCK" 'BEGIN{printf "%.1f", t/hz*1e6/n}')"
+      fi
+    done
+  done
+}
+
+# Case 6 runs first, on fresh processes, so earlier load has not grown their heaps.
+case_idle_ws() {
+  local t out
+  for t in vod nginx haproxy; do
+    log "case 6: $IDLE_WS idle WebSockets through $t"
+    out=$(tool ws-idle "$(ws_url "$t")" --cafile "$CA" --cookie "$COOKIE" --n "$IDLE_WS" \
+      --pid "${PEER_PID[$t]}" --max-seconds 180)
+    log "  $out"
+    put "c6 $t bytes_per_conn $(field bytes_per_conn "$out")"
+    put "c6 $t conns $(field n "$out")"
+  done
+}
+
+# Case 5: three servers that differ only in how many instances they know.
+case_scale() {
+  local n dir port round
+  declare -A SPID SURL SCOOKIE
+  for n in 10 10000 100000; do
+    dir="$WORK/scale$n"
+    tool instances "$dir/instances" $((n - 1))
+    port=$(free_port)
+    start_vod "$dir" "$port" "taskset -c $LOAD_CPU $UPSTREAM_BIN --port {port}"
+    SPID[$n]=$VOD_PID
+    create_and_wake "$dir" "$port"
+    SURL[$n]="https://127.0.0.1:$port/instances/$INST_ID"
+    SCOOKIE[$n]="vod_tkn=$INST_TOKEN"
+  done
+  local order=(10 10000 100000)
+  for round in $(seq "$RUNS"); do
+    log "case 5, round $round of $RUNS"
+    # Each round starts with another server, so no size always runs first or last.
+    for n in "${order[@]}"; do
+      PEER_PID[vod$n]=${SPID[$n]}
+      BASE[vod$n]=${SURL[$n]}
+      COOKIE=${SCOOKIE[$n]} wrk_case c5 "vod$n" 64 /small
+    done
+    order=("${order[@]:1}" "${order[0]}")
+  done
+  for n in 10 10000 100000; do
+    put "c5 vod$n rss_kib $(rss_kib "${SPID[$n]}")"
+    stop_pid "${SPID[$n]}"
+  done
+}
+
+# Instructions per proxied request, counted by callgrind: unlike time, the count does not
+# move with the machine's load, so it shows what a change to the data path did, and whether
+# routing depends on the number of instances, when the timed figures cannot.
+ir_run() {
+  local dir=$1 n=$2 reqs=$3 port out
+  mkdir -p "$dir"
+  if [ "$n" -gt 1 ]; then tool instances "$dir/instances" $((n - 1)); fi
+  port=$(free_port)
+  NO_COLOR=1 taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+    --log-file="$dir/callgrind.log" "$VOD" serve --listen "127.0.0.1:$port" --data-dir "$dir" \
+    --runtime command --command "taskset -c $LOAD_CPU $UPSTREAM_BIN --port {port}" \
+    >"$dir/server.out" 2>"$dir/server.log" &
+  VOD_PID=$!
+  PIDS+=("$VOD_PID")
+  create_and_wake "$dir" "$port"
+  out=$(taskset -c "$LOAD_CPU" h2load --h1 -c 64 -n "$reqs" -H "cookie: vod_tkn=$INST_TOKEN" \
+    "https://127.0.0.1:$port/instances/$INST_ID/small")
+  grep -q "$reqs succeeded" <<<"$out" || die "h2load under callgrind: $(grep '^requests:' <<<"$out")"
+  stop_pid "$VOD_PID" 120
+  grep -o 'Collected : [0-9]*' "$dir/callgrind.log" | awk '{print $3}'
+}
+
+# The difference between a short and a long run is the cost of the extra requests alone,
+# without startup, loading the instances and the handshakes.
+case_instructions() {
+  local n a b
+  for n in 10 100000; do
+    log "instructions per request with $n instances (callgrind)"
+    a=$(ir_run "$WORK/ir$n-short" "$n" 1000)
+    b=$(ir_run "$WORK/ir$n-long" "$n" 11000)
+    if [ -z "$a" ] || [ -z "$b" ]; then die "callgrind reported no totals"; fi
+    put "ir vod$n per_req $(((b - a) / 10000))"
+  done
+}
+
+# Case 7: strace stamps the instance's listen() (the moment it can accept), the client stamps
+# the first byte of the request the proxy held meanwhile; both read the same wall clock.
+case_wake() {
+  local dir="$WORK/wake" port out first listen trace
+  port=$(free_port)
+  trace="$dir/listen.trace"
+  mkdir -p "$dir"
+  # Starts of random length, so that readiness does not line up with the probe schedule.
+  cat >"$dir/upstream.sh" <<EOF
+#!/usr/bin/env bash
+exec strace -qq -f -ttt -e trace=listen -A -o $trace $UPSTREAM_BIN --port "\$1" --startup-delay-ms \$((200 + RANDOM % 100))
+EOF
+  chmod +x "$dir/upstream.sh"
+  start_vod "$dir" "$port" "$dir/upstream.sh {port}"
+  create_and_wake "$dir" "$port"
+  local ms=()
+  for _ in $(seq "$WAKES"); do
+    "$VOD" stop --instance-id "$INST_ID" --data-dir "$dir" >/dev/null
+    out=$(tool held "https://127.0.0.1:$port/instances/$INST_ID/small" --cafile "$dir/certs/ca.crt" \
+      --cookie "vod_tkn=$INST_TOKEN")
+    first=$(field first_byte "$out")
+    listen=$(grep 'listen(' "$trace" | tail -1 | grep -o '[0-9]\{9,\}\.[0-9]\{6\}' | head -1)
+    [ -n "$listen" ] || die "no listen() in $trace"
+    ms+=("$(awk -v a="$first" -v b="$listen" 'BEGIN{printf "%.3f", (a-b)*1000}')")
+  done
+  log "case 7 wake overheads (ms): ${ms[*]}"
+  printf '%s\n' "${ms[@]}" | sort -n | awk '{v[NR]=$1} END{printf "c7 vod wake_ms %s\nc7 vod wake_max_ms %s\nc7 vod runs %d\n", (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2), v[NR], NR}' >>"$RESULTS"
+  stop_pid "$VOD_PID"
+}
+
+# Whether BENCH_CASES (default: all) names case $1; cases 1-4 share their rounds.
+wanted() { [[ " ${BENCH_CASES:-1 2 3 4 5 6 7 ir} " == *" $1 "* ]]; }
+
+machine_note() {
+  local model
+  model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+  echo "machine: $(nproc) cores ($model), $(free -g | awk '/^Mem:/ {print $2}') GiB; load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "pinning: every proxy alone on core $PROXY_CPU (nginx 1 worker, haproxy 1 thread, caddy GOMAXPROCS=1, tokio workers = affinity = 1); wrk / client and the upstream on core $LOAD_CPU"
+  echo "TLS 1.3, one ECDSA P-256 certificate for all; wrk -t1, HTTP/1.1 keep-alive unless noted; ${RUNS} x ${DURATION}s per figure, medians; cases 4 and 6 use bench/tool.py as client"
+}
+
+# ---- smoke ------------------------------------------------------------------------------------
+
+smoke() {
+  local t body size
+  for t in "${TARGETS[@]}"; do
+    body=$(curl -sS --max-time 10 --cacert "$CA" -b "$COOKIE" "${BASE[$t]}/small" 2>&1) ||
+      die "$t: /small failed: $body"
+    [ "$body" = hello ] || die "$t: /small answered $body"
+    size=$(curl -sS --max-time 10 --cacert "$CA" -b "$COOKIE" -o /dev/null -w '%{size_download}' \
+      "${BASE[$t]}/big") || die "$t: /big failed"
+    [ "$size" = 65536 ] || die "$t: /big gave $size bytes"
+    tool ws-echo "$(ws_url "$t")" --cafile "$CA" --cookie "$COOKIE" >/dev/null ||
+      die "$t: WebSocket echo failed"
+    log "ok: $t (small, 64 KiB, WebSocket echo)"
+  done
+  # The load generator's path through the proxy, so the full mode's parsing cannot rot.
+  DURATION=1 wrk_once vod 4 /small >/dev/null
+  log "ok: wrk through vscode-on-demand"
+  # Unauthenticated requests must not get through.
+  [ "$(curl -sS --cacert "$CA" -o /dev/null -w '%{http_code}' "${BASE[vod]}/small")" = 401 ] ||
+    die "vod: a request without the cookie was not refused"
+  log "ok: vod refuses a request without the token"
+}
+
+# ---- main -------------------------------------------------------------------------------------
+
+main() {
+  local t0=$SECONDS
+  install_tools
+  build
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/vod-bench.XXXXXX")
+  # Case 6 needs two descriptors per WebSocket in the proxy; the hard limit decides how many.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  NOFILE=$(ulimit -n)
+  [ "$NOFILE" = unlimited ] && NOFILE=65536
+  IDLE_WS="${BENCH_IDLE_WS:-$(((NOFILE - 200) / 2 < 10000 ? (NOFILE - 200) / 2 : 10000))}"
+  RESULTS="${BENCH_RESULTS:-$CACHE/last-results.txt}"
+  mkdir -p "$(dirname "$RESULTS")"
+  : >"$RESULTS"
+  start_all
+  if [ "$MODE" = hold ]; then
+    local t
+    for t in "${TARGETS[@]}"; do echo "$t ${BASE[$t]} pid=${PEER_PID[$t]}"; done
+    echo "cookie: $COOKIE   CA: $CA"
+    log "holding for ${BENCH_HOLD_SECONDS:-1800}s; Ctrl-C stops everything"
+    # In the background, so that a signal interrupts the wait and the trap cleans up at once.
+    sleep "${BENCH_HOLD_SECONDS:-1800}" &
+    wait $!
+    return 0
+  fi
+  if [ "$MODE" = smoke ]; then
+    smoke
+    log "smoke passed in $((SECONDS - t0))s"
+    return 0
+  fi
+  local note
+  note=$(machine_note)
+  if wanted 6; then case_idle_ws; fi
+  if wanted 1 || wanted 2 || wanted 3 || wanted 4; then case_http; fi
+  if wanted 5; then case_scale; fi
+  if wanted ir; then case_instructions; fi
+  if wanted 7; then case_wake; fi
+  echo
+  echo "$note"
+  echo
+  python3 "$BENCH/tool.py" report "$RESULTS"
+  echo
+  log "done in $((SECONDS - t0))s; raw results in $RESULTS"
+}
+
+main
