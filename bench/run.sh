@@ -56,7 +56,10 @@ install_tools() {
   local pkgs=(nginx haproxy caddy wrk python3 curl)
   if [ "$MODE" = full ]; then pkgs+=(strace valgrind nghttp2-client); fi
   local missing=() p
-  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  # A removed package keeps its configuration and `dpkg -s` still succeeds; ask for its state.
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q ' installed$' || missing+=("$p")
+  done
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
