@@ -4,15 +4,141 @@
 use crate::instance::{AccessToken, SpecDefaults};
 use crate::lifecycle::Lifecycle;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use std::net::IpAddr;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keep-alive HTTP/1.1 connections to instances, by address.
+///
+/// A connection is handed out only while idle (its previous response read to the end), so a
+/// long response never holds up another request; while all are busy, another is opened. A
+/// connection the instance closed is dropped when next looked at, and a request that could not
+/// be written to one goes to the next. hyper-util's pooled client does the same with more
+/// work per request (hashing its pool key, a checkout racing a connect): a fifth of the proxy
+/// path's instructions in profiles (bench/README.md).
+#[derive(Default)]
+pub struct UpstreamClient {
+    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+    returns: AtomicUsize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the request names no instance address")]
+    NoAddress,
+    #[error("cannot connect to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("cannot connect to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamClient {
+    /// Sends a request whose URI is absolute (`http://ip:port/path`) and returns the response;
+    /// the request goes out in origin form, with `Host` set from the URI if it has none.
+    pub async fn request(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let addr: SocketAddr = req
+            .uri()
+            .authority()
+            .and_then(|a| a.as_str().parse().ok())
+            .ok_or(UpstreamError::NoAddress)?;
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(v) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        let origin = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+        *req.uri_mut() = origin;
+        // After an upgrade the connection belongs to the tunnel.
+        let reusable = !req.headers().contains_key(header::UPGRADE);
+        while let Some(mut conn) = self.take(addr) {
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    if reusable {
+                        self.put(addr, conn);
+                    }
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written: the connection had gone; the next one gets the request.
+                    Some(unsent) => req = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut conn = connect(addr).await?;
+        let resp = conn.send_request(req).await?;
+        if reusable {
+            self.put(addr, conn);
+        }
+        Ok(resp)
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<SendRequest<Incoming>>>> {
+        // Each critical section leaves the map consistent, so a poisoned lock is still usable.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle();
+        let conns = idle.get_mut(&addr)?;
+        conns.retain(|c| !c.is_closed());
+        let found = conns.iter().position(|c| c.is_ready());
+        let conn = found.map(|i| conns.swap_remove(i));
+        if conns.is_empty() {
+            idle.remove(&addr);
+        }
+        conn
+    }
+
+    fn put(&self, addr: SocketAddr, conn: SendRequest<Incoming>) {
+        let mut idle = self.idle();
+        idle.entry(addr).or_default().push(conn);
+        // Now and then, forget connections to instances that are gone (stopped, moved).
+        if self.returns.fetch_add(1, Ordering::Relaxed) % 4096 == 0 {
+            idle.retain(|_, conns| {
+                conns.retain(|c| !c.is_closed());
+                !conns.is_empty()
+            });
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Incoming>, UpstreamError> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout(addr))?
+        .map_err(|e| UpstreamError::Connect(addr, e))?;
+    let _ = tcp.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "instance connection ended with an error");
+        }
+    });
+    Ok(send)
+}
 
 pub struct Shared {
     pub lifecycle: Arc<Lifecycle>,
@@ -33,13 +159,7 @@ impl Shared {
         defaults: SpecDefaults,
         auth_failures_per_minute: u32,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let upstream = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let upstream = UpstreamClient::default();
         let per_minute =
             NonZeroU32::new(auth_failures_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
