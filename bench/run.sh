@@ -197,8 +197,10 @@ create_and_wake() {
   [ -n "$UP_PORT" ] || die "no instance address in $dir/server.log"
 }
 
+# NGINX_WRAP, when set, runs nginx under another program (callgrind for the counts).
+NGINX_WRAP=()
 start_nginx() {
-  local port=$1 dir="$WORK/nginx"
+  local port=$1 dir=${2:-$WORK/nginx}
   mkdir -p "$dir/tmp"
   cat >"$dir/nginx.conf" <<EOF
 # One worker on the proxy core, in the foreground, so its CPU time is one process's.
@@ -239,7 +241,8 @@ http {
   }
 }
 EOF
-  taskset -c "$PROXY_CPU" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" 2>"$dir/stderr.log" &
+  taskset -c "$PROXY_CPU" "${NGINX_WRAP[@]}" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
+    2>"$dir/stderr.log" &
   PEER_PID[nginx]=$!
   PIDS+=("$!")
 }
@@ -495,10 +498,31 @@ ir_run() {
   grep -o 'Collected : [0-9]*' "$dir/callgrind.log" | awk '{print $3}'
 }
 
+# The same count for nginx, in front of the main instance, for a comparison per request.
+ir_nginx() {
+  local reqs=$1 port dir="$WORK/ir-nginx-$1" out
+  port=$(free_port)
+  mkdir -p "$dir"
+  NGINX_WRAP=(valgrind --tool=callgrind --callgrind-out-file=/dev/null --log-file="$dir/callgrind.log")
+  start_nginx "$port" "$dir"
+  NGINX_WRAP=()
+  wait_url "https://127.0.0.1:$port/instances/$INST_ID/small" 60 "${PEER_PID[nginx]}"
+  out=$(taskset -c "$LOAD_CPU" h2load --h1 -c 64 -n "$reqs" -H "cookie: $COOKIE" \
+    "https://127.0.0.1:$port/instances/$INST_ID/small")
+  grep -q "$reqs succeeded" <<<"$out" || die "h2load under callgrind: $(grep '^requests:' <<<"$out")"
+  stop_pid "${PEER_PID[nginx]}" 60
+  grep -o 'Collected : [0-9]*' "$dir/callgrind.log" | awk '{print $3}'
+}
+
 # The difference between a short and a long run is the cost of the extra requests alone,
 # without startup, loading the instances and the handshakes.
 case_instructions() {
   local n a b
+  log "instructions per request through nginx (callgrind)"
+  a=$(ir_nginx 1000)
+  b=$(ir_nginx 11000)
+  if [ -z "$a" ] || [ -z "$b" ]; then die "callgrind reported no totals for nginx"; fi
+  put "ir nginx per_req $(((b - a) / 10000))"
   for n in 10 100000; do
     log "instructions per request with $n instances (callgrind)"
     a=$(ir_run "$WORK/ir$n-short" "$n" 1000)

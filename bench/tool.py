@@ -389,9 +389,12 @@ def cmd_report(a):
             out(f"  memory per registered instance: {per:.0f} bytes")
         out("")
     ir10, ir100k = get("ir", "vod10", "per_req"), get("ir", "vod100000", "per_req")
+    irng = get("ir", "nginx", "per_req")
     if ir10 and ir100k:
-        out("instructions per proxied request (callgrind, case 1 request, user space)")
-        out(f"  10 instances: {ir10:,.0f}   100 000 instances: {ir100k:,.0f}   ({ir100k / ir10:.3f} of 10)")
+        out("instructions per proxied request (callgrind, case 1 request, user space only)")
+        out(f"  vscode-on-demand, 10 instances: {ir10:,.0f}; 100 000 instances: {ir100k:,.0f} ({ir100k / ir10:.3f} of 10)")
+        if irng:
+            out(f"  nginx: {irng:,.0f} (vod/nginx {irng / ir10:.2f}x)")
         out("")
     wake = get("c7", "vod", "wake_ms")
     if wake is not None:
