@@ -8,10 +8,17 @@ use vscode_on_demand::config::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // With one core to run on (an affinity mask or a CPU limit), the multi-threaded
+    // scheduler only adds cross-thread wake-ups and atomics to every hand-off between a
+    // client connection and its upstream connection; the single-threaded one runs the same
+    // tasks on this thread.
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
