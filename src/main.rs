@@ -70,7 +70,9 @@ async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()>
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VOD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // rustls warns about what clients send (an IP address as SNI, as wrk and
+                // some libraries do): once per handshake, so a client could flood the log.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
         )
         .with_writer(std::io::stderr)
         // Colours only for a person watching: log files and collectors get plain text.
