@@ -448,6 +448,8 @@ case_idle_ws() {
 # Case 5: three servers that differ only in how many instances they know.
 case_scale() {
   local n dir port round
+  # Its servers' instances are its own: the main instance stays the one later cases proxy to.
+  local INST_ID INST_TOKEN UP_PORT
   declare -A SPID SURL SCOOKIE
   for n in 10 10000 100000; do
     dir="$WORK/scale$n"
@@ -480,7 +482,7 @@ case_scale() {
 # move with the machine's load, so it shows what a change to the data path did, and whether
 # routing depends on the number of instances, when the timed figures cannot.
 ir_run() {
-  local dir=$1 n=$2 reqs=$3 port out
+  local dir=$1 n=$2 reqs=$3 port out INST_ID INST_TOKEN UP_PORT
   mkdir -p "$dir"
   if [ "$n" -gt 1 ]; then tool instances "$dir/instances" $((n - 1)); fi
   port=$(free_port)
@@ -569,7 +571,7 @@ machine_note() {
   local model
   model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "machine: $(nproc) cores ($model), $(free -g | awk '/^Mem:/ {print $2}') GiB; load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "pinning: every proxy alone on core $PROXY_CPU (nginx 1 worker, haproxy 1 thread, caddy GOMAXPROCS=1, tokio workers = affinity = 1); wrk / client and the upstream on core $LOAD_CPU"
+  echo "pinning: every proxy alone on core $PROXY_CPU (nginx 1 worker, haproxy 1 thread, caddy GOMAXPROCS=1, tokio single-threaded: affinity of 1 core); wrk / client and the upstream on core $LOAD_CPU"
   echo "TLS 1.3, one ECDSA P-256 certificate for all; wrk -t1, HTTP/1.1 keep-alive unless noted; ${RUNS} x ${DURATION}s per figure, medians; cases 4 and 6 use bench/tool.py as client"
 }
 
