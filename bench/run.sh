@@ -482,7 +482,7 @@ case_scale() {
 # move with the machine's load, so it shows what a change to the data path did, and whether
 # routing depends on the number of instances, when the timed figures cannot.
 ir_run() {
-  local dir=$1 n=$2 reqs=$3 port out INST_ID INST_TOKEN UP_PORT
+  local dir=$1 n=$2 reqs=$3 port INST_ID INST_TOKEN UP_PORT
   mkdir -p "$dir"
   if [ "$n" -gt 1 ]; then tool instances "$dir/instances" $((n - 1)); fi
   port=$(free_port)
@@ -493,27 +493,34 @@ ir_run() {
   VOD_PID=$!
   PIDS+=("$VOD_PID")
   create_and_wake "$dir" "$port"
-  out=$(taskset -c "$LOAD_CPU" h2load --h1 -c 64 -n "$reqs" -H "cookie: vod_tkn=$INST_TOKEN" \
+  ir_load "$port" "vod_tkn=$INST_TOKEN" "$reqs"
+  stop_pid "$VOD_PID" 120
+  ir_total "$dir"
+}
+
+# h2load's case-1 requests through the proxy on $1 with cookie $2; fails unless all succeed.
+ir_load() {
+  local port=$1 cookie=$2 reqs=$3 out
+  out=$(taskset -c "$LOAD_CPU" h2load --h1 -c 64 -n "$reqs" -H "cookie: $cookie" \
     "https://127.0.0.1:$port/instances/$INST_ID/small")
   grep -q "$reqs succeeded" <<<"$out" || die "h2load under callgrind: $(grep '^requests:' <<<"$out")"
-  stop_pid "$VOD_PID" 120
-  grep -o 'Collected : [0-9]*' "$dir/callgrind.log" | awk '{print $3}'
 }
+
+# The instructions callgrind counted in the process that logged to $1/callgrind.log.
+ir_total() { grep -o 'Collected : [0-9]*' "$1/callgrind.log" | awk '{print $3}'; }
 
 # The same count for nginx, in front of the main instance, for a comparison per request.
 ir_nginx() {
-  local reqs=$1 port dir="$WORK/ir-nginx-$1" out
+  local reqs=$1 port dir="$WORK/ir-nginx-$1"
   port=$(free_port)
   mkdir -p "$dir"
   NGINX_WRAP=(valgrind --tool=callgrind --callgrind-out-file=/dev/null --log-file="$dir/callgrind.log")
   start_nginx "$port" "$dir"
   NGINX_WRAP=()
   wait_url "https://127.0.0.1:$port/instances/$INST_ID/small" 60 "${PEER_PID[nginx]}"
-  out=$(taskset -c "$LOAD_CPU" h2load --h1 -c 64 -n "$reqs" -H "cookie: $COOKIE" \
-    "https://127.0.0.1:$port/instances/$INST_ID/small")
-  grep -q "$reqs succeeded" <<<"$out" || die "h2load under callgrind: $(grep '^requests:' <<<"$out")"
+  ir_load "$port" "$COOKIE" "$reqs"
   stop_pid "${PEER_PID[nginx]}" 60
-  grep -o 'Collected : [0-9]*' "$dir/callgrind.log" | awk '{print $3}'
+  ir_total "$dir"
 }
 
 # The difference between a short and a long run is the cost of the extra requests alone,
