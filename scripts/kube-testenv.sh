@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# A throw-away Kubernetes control plane (etcd + kube-apiserver +
-# kube-controller-manager, no kubelet) on 127.0.0.1 for integration tests.
+# Builds the binaries of a throw-away Kubernetes control plane (etcd +
+# kube-apiserver + kube-controller-manager, plus kubectl) for the integration
+# tests, which start and supervise them (tests/support/control_plane.rs).
 #
 #   scripts/kube-testenv.sh build       build the binaries once into the cache
-#   scripts/kube-testenv.sh start DIR   run a control plane with state in DIR;
-#                                       last stdout line: path of DIR/env
-#   scripts/kube-testenv.sh stop DIR    stop what `start DIR` started
 #
 # Cache: ${VOD_CACHE:-$HOME/.cache/vscode-on-demand}/kube (bin/ stays; the
 # ~4 GB build tree is removed after a successful build unless
@@ -39,12 +37,6 @@ BIN="$CACHE/bin"
 KUBE_BINS=(kube-apiserver kube-controller-manager kubectl)
 BULLSEYE_MIRROR="${VOD_BULLSEYE_MIRROR:-http://deb.debian.org/debian}"
 GO_ROOT=/usr/lib/go-1.15
-START_TIMEOUT="${VOD_KUBE_START_TIMEOUT:-180}"
-SERVICE_CIDR=10.96.0.0/16
-# First address of SERVICE_CIDR: the in-cluster `kubernetes` Service IP,
-# which the serving certificate has to cover.
-SERVICE_IP=10.96.0.1
-SA_ISSUER=https://kubernetes.default.svc
 
 log() { printf '[kube-testenv] %s\n' "$*" >&2; }
 die() {
@@ -53,7 +45,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -222,332 +214,6 @@ cmd_build() {
   printf '%s\n' "$BIN"
 }
 
-# ---------------------------------------------------------- start/stop ----
-
-# Ports are picked below Linux's default ephemeral range (32768-60999) so
-# that an outgoing connection cannot be holding them.
-# Sets the variable named $1 (not printed: a $(...) subshell would lose
-# TAKEN_PORTS and could hand out the same port twice).
-declare -a TAKEN_PORTS=()
-free_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 12000))
-    [[ " ${TAKEN_PORTS[*]} " == *" $p "* ]] && continue
-    # A successful connect means something (on 127.0.0.1 or a wildcard
-    # address) already listens there.
-    if ! (: <>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      TAKEN_PORTS+=("$p")
-      printf -v "$1" '%s' "$p"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
-
-alive() {
-  local pid=$1 state
-  [[ -r "/proc/$pid/stat" ]] || return 1
-  read -r _ _ state _ <"/proc/$pid/stat" || return 1
-  # Without a reaping init (some containers) dead children linger as zombies.
-  [[ "$state" != Z ]]
-}
-
-# Guards against PID reuse: every process started for DIR has DIR in its
-# command line.
-ours() {
-  local pid=$1 dir=$2 cmdline
-  alive "$pid" || return 1
-  cmdline=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ "$cmdline" == *"$dir/"* ]]
-}
-
-abs_dir() {
-  mkdir -p "$1"
-  (cd "$1" && pwd -P)
-}
-
-make_pki() {
-  local pki=$1
-  # Kept across restarts of the same DIR: the ServiceAccount token Secrets
-  # stored in etcd are only valid for the key that signed them.
-  [[ -f "$pki/tokens.csv" ]] && return 0
-  log "creating certificates in $pki"
-  mkdir -p "$pki"
-  chmod 700 "$pki"
-  (
-    umask 077
-    cd "$pki"
-    cat >openssl.cnf <<EOF
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = vod-test
-[ca_ext]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign,digitalSignature
-subjectKeyIdentifier = hash
-[server_ext]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-subjectAltName = IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
-EOF
-    {
-      openssl req -x509 -new -config openssl.cnf -extensions ca_ext \
-        -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
-        -subj /CN=vod-test-ca
-      openssl req -new -config openssl.cnf -newkey rsa:2048 -nodes \
-        -keyout apiserver.key -out apiserver.csr -subj /CN=kube-apiserver
-      openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key \
-        -set_serial "0x$(openssl rand -hex 16)" -days 3650 \
-        -extfile openssl.cnf -extensions server_ext -out apiserver.crt
-      openssl genrsa -out sa.key 2048
-      openssl rsa -in sa.key -pubout -out sa.pub
-    } 2>>openssl.log
-    # Static tokens: the admin is in system:masters; the controller manager
-    # gets its own user so the bootstrap RBAC role for it applies, as in a
-    # real cluster.
-    printf '%s,vod-admin,vod-admin,"system:masters"\n' "$(openssl rand -hex 32)" >tokens.csv.tmp
-    printf '%s,system:kube-controller-manager,system:kube-controller-manager\n' \
-      "$(openssl rand -hex 32)" >>tokens.csv.tmp
-    mv tokens.csv.tmp tokens.csv
-  )
-}
-
-write_kubeconfig() {
-  local file=$1 server=$2 ca=$3 user=$4 token=$5
-  (
-    umask 077
-    cat >"$file" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: vod-test
-  cluster:
-    server: $server
-    certificate-authority-data: $(base64 -w0 <"$ca")
-users:
-- name: $user
-  user:
-    token: $token
-contexts:
-- name: vod-test
-  context:
-    cluster: vod-test
-    user: $user
-current-context: vod-test
-EOF
-  )
-}
-
-# Starts a process detached from the caller's session and stdio (a test
-# harness reading our stdout must see EOF when `start` returns) and records
-# its PID at once, so a failing `start` can still be cleaned up by `stop`.
-spawn() {
-  local dir=$1 name=$2
-  shift 2
-  setsid "$@" </dev/null >"$dir/$name.log" 2>&1 &
-  printf '%s\n' "$!" >>"$dir/pids"
-  log "$name started (pid $!), log $dir/$name.log"
-}
-
-check_running() {
-  local dir=$1 pid
-  while read -r pid; do
-    [[ -n "$pid" ]] || continue
-    if ! ours "$pid" "$dir"; then
-      log "a process exited early; last lines of the logs:"
-      tail -n 15 "$dir"/*.log >&2 || true
-      return 1
-    fi
-  done <"$dir/pids"
-}
-
-wait_for() {
-  local dir=$1 what=$2 deadline=$((SECONDS + START_TIMEOUT))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    check_running "$dir" || die "while waiting for $what"
-    ((SECONDS < deadline)) || {
-      tail -n 15 "$dir"/*.log >&2 || true
-      die "timed out after ${START_TIMEOUT}s waiting for $what"
-    }
-    sleep 0.5
-  done
-}
-
-# shellcheck disable=SC2317 # only called through wait_for
-port_open() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# shellcheck disable=SC2317 # only called through wait_for
-readyz_ok() {
-  [[ "$("$BIN/kubectl" --kubeconfig "$1" get --raw /readyz 2>/dev/null)" == ok ]]
-}
-
-# shellcheck disable=SC2317 # only called through wait_for
-default_sa_ready() {
-  [[ -n "$("$BIN/kubectl" --kubeconfig "$1" -n default get serviceaccount default \
-    -o 'jsonpath={.secrets[0].name}' 2>/dev/null)" ]]
-}
-
-START_OK=0
-START_DIR=
-# A half-started environment would leak processes nobody knows about.
-# shellcheck disable=SC2317 # only called by the EXIT trap
-start_cleanup() {
-  if ((START_OK == 0)) && [[ -n "$START_DIR" ]]; then
-    cmd_stop "$START_DIR"
-  fi
-}
-
-cmd_start() {
-  [[ $# -eq 1 ]] || usage
-  have_all_bins || die "no binaries in $BIN; run: $0 build"
-  command -v etcd >/dev/null || die "etcd not found; run: $0 build"
-  local dir pid
-  dir=$(abs_dir "$1")
-  if [[ -f "$dir/pids" ]]; then
-    while read -r pid; do
-      if [[ -n "$pid" ]] && ours "$pid" "$dir"; then
-        die "$dir is already in use (pid $pid); run: $0 stop $dir"
-      fi
-    done <"$dir/pids"
-  fi
-  : >"$dir/pids"
-  START_DIR=$dir
-  trap start_cleanup EXIT
-
-  local pki="$dir/pki"
-  make_pki "$pki"
-  local admin_token kcm_token
-  admin_token=$(sed -n 's/^\([^,]*\),vod-admin,.*/\1/p' "$pki/tokens.csv")
-  kcm_token=$(sed -n 's/^\([^,]*\),system:kube-controller-manager,.*/\1/p' "$pki/tokens.csv")
-
-  local etcd_port peer_port api_port server
-  free_port etcd_port
-  free_port peer_port
-  free_port api_port
-  server="https://127.0.0.1:$api_port"
-
-  mkdir -p "$dir/etcd"
-  chmod 700 "$dir/etcd"
-  spawn "$dir" etcd etcd \
-    --name vod-test \
-    --data-dir "$dir/etcd" \
-    --listen-client-urls "http://127.0.0.1:$etcd_port" \
-    --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "vod-test=http://127.0.0.1:$peer_port" \
-    --logger zap --log-outputs stderr
-  wait_for "$dir" "etcd on 127.0.0.1:$etcd_port" port_open "$etcd_port"
-
-  # --endpoint-reconciler-type=none: 1.20 refuses loopback addresses in
-  # core Endpoints, so reconciling the `kubernetes` Service's Endpoints to
-  # 127.0.0.1 would only fail in a loop; the Service itself is still made.
-  # --allow-privileged: no kubelet ever runs the pods, and tests may want
-  # to create privileged pod specs.
-  spawn "$dir" kube-apiserver "$BIN/kube-apiserver" \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
-    --secure-port="$api_port" \
-    --insecure-port=0 \
-    --cert-dir="$pki" \
-    --tls-cert-file="$pki/apiserver.crt" \
-    --tls-private-key-file="$pki/apiserver.key" \
-    --client-ca-file="$pki/ca.crt" \
-    --token-auth-file="$pki/tokens.csv" \
-    --authorization-mode=RBAC \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --service-account-issuer="$SA_ISSUER" \
-    --api-audiences="$SA_ISSUER" \
-    --service-account-key-file="$pki/sa.pub" \
-    --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range="$SERVICE_CIDR" \
-    --endpoint-reconciler-type=none \
-    --allow-privileged=true \
-    --profiling=false
-
-  write_kubeconfig "$dir/kubeconfig" "$server" "$pki/ca.crt" vod-admin "$admin_token"
-  write_kubeconfig "$dir/kube-controller-manager.kubeconfig" "$server" "$pki/ca.crt" \
-    system:kube-controller-manager "$kcm_token"
-  wait_for "$dir" "kube-apiserver /readyz on $server" readyz_ok "$dir/kubeconfig"
-
-  # --secure-port=0/--port=0: nothing scrapes its health or metrics, and
-  # two test environments must not fight over its fixed default ports.
-  # --leader-elect=false: a single instance, and acquiring the lease would
-  # only delay start-up.
-  spawn "$dir" kube-controller-manager "$BIN/kube-controller-manager" \
-    --kubeconfig="$dir/kube-controller-manager.kubeconfig" \
-    --bind-address=127.0.0.1 \
-    --secure-port=0 \
-    --port=0 \
-    --leader-elect=false \
-    --controllers='*' \
-    --use-service-account-credentials=true \
-    --service-account-private-key-file="$pki/sa.key" \
-    --root-ca-file="$pki/ca.crt" \
-    --cluster-signing-cert-file="$pki/ca.crt" \
-    --cluster-signing-key-file="$pki/ca.key" \
-    --service-cluster-ip-range="$SERVICE_CIDR" \
-    --allocate-node-cidrs=false \
-    --profiling=false
-  # The ServiceAccount admission plugin of 1.20 rejects pods until the
-  # namespace's `default` ServiceAccount has its token Secret, so wait for
-  # that rather than for the ServiceAccount alone.
-  wait_for "$dir" "ServiceAccount default/default and its token" \
-    default_sa_ready "$dir/kubeconfig"
-
-  {
-    printf 'export KUBECONFIG=%q\n' "$dir/kubeconfig"
-    printf 'export VOD_KUBE_BIN=%q\n' "$BIN"
-    printf 'export VOD_KUBE_SERVER=%q\n' "$server"
-    printf 'export VOD_KUBE_CA_FILE=%q\n' "$pki/ca.crt"
-  } >"$dir/env"
-  START_OK=1
-  log "ready: $server"
-  printf '%s\n' "$dir/env"
-}
-
-stop_one() {
-  local pid=$1 dir=$2 deadline=$((SECONDS + 10))
-  kill -TERM "$pid" 2>/dev/null || return 0
-  while ours "$pid" "$dir"; do
-    if ((SECONDS >= deadline)); then
-      log "pid $pid ignored SIGTERM for 10s, killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.5
-      return 0
-    fi
-    sleep 0.2
-  done
-}
-
-cmd_stop() {
-  [[ $# -eq 1 ]] || usage
-  [[ -d "$1" ]] || return 0
-  local dir pid i
-  dir=$(cd "$1" && pwd -P)
-  [[ -f "$dir/pids" ]] || return 0
-  local pids=()
-  while read -r pid; do
-    if [[ -n "$pid" ]] && ours "$pid" "$dir"; then
-      pids+=("$pid")
-    fi
-  done <"$dir/pids"
-  # Reverse start order, one at a time: the controller manager and the
-  # apiserver shut down cleanly only while what they talk to is still up.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    stop_one "${pids[i]}" "$dir"
-  done
-  rm -f "$dir/pids"
-  log "stopped $dir"
-}
-
 main() {
   [[ $# -ge 1 ]] || usage
   local cmd=$1
@@ -557,8 +223,6 @@ main() {
     [[ $# -eq 0 ]] || usage
     cmd_build
     ;;
-  start) cmd_start "$@" ;;
-  stop) cmd_stop "$@" ;;
   *) usage ;;
   esac
 }

@@ -1,71 +1,49 @@
-//! A real Kubernetes control plane for tests (`scripts/kube-testenv.sh`), `kubectl` against
-//! it, a ServiceAccount kubeconfig, and the `vod-kubelet` stand-in that runs pods as local
-//! processes. Everything started here is stopped when dropped.
+//! A real Kubernetes control plane for tests (built by `scripts/kube-testenv.sh build`, started
+//! by [`super::control_plane`]), `kubectl` against it, a ServiceAccount kubeconfig, and the
+//! `vod-kubelet` stand-in that runs pods as local processes. Everything started here is
+//! stopped when dropped.
 
+use super::control_plane::{launch, Proc, Procs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const KUBELET: &str = env!("CARGO_BIN_EXE_vod-kubelet");
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 pub struct ControlPlane {
+    /// This start's state: logs, kubeconfigs, etcd data.
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub bin: PathBuf,
     pub server: String,
     pub ca_file: PathBuf,
+    procs: Procs,
 }
 
 impl ControlPlane {
-    /// Starts etcd, kube-apiserver (RBAC) and kube-controller-manager with state in `dir`.
+    /// Starts etcd, kube-apiserver (RBAC) and kube-controller-manager with state under `dir`.
     pub fn start(dir: &Path) -> ControlPlane {
         let cache = std::env::var("VOD_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|_| {
                 PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/vscode-on-demand")
             });
+        let bin = cache.join("kube/bin");
         assert!(
-            cache.join("kube/bin/kube-apiserver").exists(),
+            bin.join("kube-apiserver").exists(),
             "the test control plane is not built: run `scripts/kube-testenv.sh build` (or scripts/test.sh)"
         );
-        // Two control planes picking free ports at the same moment can pick the same one, so
-        // starts in one test process take turns, and a start that lost such a race is retried.
+        // Starts in one test process take turns, so two never choose ports at the same moment.
         static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _turn = STARTING.lock().unwrap_or_else(|p| p.into_inner());
-        let mut attempts = 0;
-        let out = loop {
-            attempts += 1;
-            let out = Command::new("bash")
-                .arg(repo().join("scripts/kube-testenv.sh"))
-                .arg("start")
-                .arg(dir)
-                .stderr(Stdio::inherit())
-                .output()
-                .unwrap();
-            if out.status.success() || attempts == 3 {
-                break out;
-            }
-        };
-        assert!(out.status.success(), "control plane failed to start");
-        let env_file = String::from_utf8(out.stdout).unwrap();
-        let env = std::fs::read_to_string(env_file.trim().lines().last().unwrap()).unwrap();
-        let get = |k: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-                .unwrap_or_else(|| panic!("{k} missing from {env}"))
-                .trim_matches('\'')
-                .to_owned()
-        };
+        let l = launch(dir, &bin);
         ControlPlane {
-            dir: dir.to_owned(),
-            kubeconfig: get("KUBECONFIG").into(),
-            bin: get("VOD_KUBE_BIN").into(),
-            server: get("VOD_KUBE_SERVER"),
-            ca_file: get("VOD_KUBE_CA_FILE").into(),
+            dir: l.dir,
+            kubeconfig: l.kubeconfig,
+            bin,
+            server: l.server,
+            ca_file: l.ca_file,
+            procs: l.procs,
         }
     }
 
@@ -150,39 +128,17 @@ impl ControlPlane {
     /// Kills kube-apiserver (etcd and the controller-manager keep running) and returns a handle
     /// that starts it again with the same command line.
     pub fn stop_apiserver(&self) -> StoppedApiserver {
-        let pids = std::fs::read_to_string(self.dir.join("pids")).unwrap();
-        let (pid, argv) = pids
-            .lines()
-            .filter_map(|l| l.trim().parse::<i32>().ok())
-            .find_map(|pid| {
-                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                let argv: Vec<String> = raw
-                    .split(|b| *b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect();
-                argv.first()?
-                    .ends_with("kube-apiserver")
-                    .then_some((pid, argv))
-            })
+        let mut procs = self.procs.lock();
+        let i = procs
+            .iter()
+            .position(|p| p.name == "kube-apiserver")
             .expect("kube-apiserver is running");
         // Killed, not asked: it goes away the way a crashed or partitioned API server does.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        self.wait("kube-apiserver to exit", Duration::from_secs(20), || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-        });
+        let mut p = procs.remove(i);
+        p.kill();
         StoppedApiserver {
-            argv,
-            dir: self.dir.clone(),
+            argv: p.argv,
+            log: p.log,
         }
     }
 
@@ -193,16 +149,6 @@ impl ControlPlane {
             assert!(Instant::now() < end, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("scripts/kube-testenv.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
     }
 }
 
@@ -244,32 +190,15 @@ impl Drop for Kubelet {
 }
 
 pub struct StoppedApiserver {
-    argv: Vec<String>,
-    dir: PathBuf,
+    argv: Vec<std::ffi::OsString>,
+    log: PathBuf,
 }
 
 impl StoppedApiserver {
-    /// Starts kube-apiserver again; `scripts/kube-testenv.sh stop` stops it with the rest.
-    // Its PID goes into the test environment's pid file, which is how it is stopped.
-    #[allow(clippy::zombie_processes)]
+    /// Starts kube-apiserver again, supervised with the rest of the control plane.
     pub fn restart(self, cp: &ControlPlane) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("kube-apiserver.restarted.log"))
-            .unwrap();
-        let child = Command::new(&self.argv[0])
-            .args(&self.argv[1..])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut pids = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.dir.join("pids"))
-            .unwrap();
-        use std::io::Write;
-        writeln!(pids, "{}", child.id()).unwrap();
+        cp.procs
+            .push(Proc::spawn("kube-apiserver", self.argv, self.log));
         cp.wait(
             "kube-apiserver to serve again",
             Duration::from_secs(60),

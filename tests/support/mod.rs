@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod control_plane;
 pub mod kube;
 pub mod vscode_cli;
 
