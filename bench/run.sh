@@ -167,13 +167,18 @@ field() {
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
+# Path routing in every run: the load tools reach one host name (host routing would need
+# each instance's own host in every request); the data path per request is the same.
+ROUTING=(--routing path)
+VOD_COOKIE=__Secure-vod_tkn
+
 # Starts a server on the proxy core with the bench's instance command; sets VOD_PID.
 start_vod() {
   local dir=$1 port=$2 cmd=$3
   shift 3
   mkdir -p "$dir"
   NO_COLOR=1 VOD_LOG=info taskset -c "$PROXY_CPU" "$VOD" serve --listen "127.0.0.1:$port" \
-    --data-dir "$dir" --runtime command --command "$cmd" --max-connections 19500 "$@" \
+    --data-dir "$dir" --runtime command --command "$cmd" --max-connections 19500 "${ROUTING[@]}" "$@" \
     >"$dir/server.out" 2>"$dir/server.log" &
   VOD_PID=$!
   PIDS+=("$VOD_PID")
@@ -189,7 +194,7 @@ create_and_wake() {
   INST_TOKEN=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' <<<"$json")
   local body
   body=$(curl -sS --max-time 30 --cacert "$dir/certs/ca.crt" --resolve "localhost:$port:127.0.0.1" \
-    -b "vod_tkn=$INST_TOKEN" "https://localhost:$port/instances/$INST_ID/small") ||
+    -b "$VOD_COOKIE=$INST_TOKEN" "https://localhost:$port/instances/$INST_ID/small") ||
     die "the instance did not start"
   [ "$body" = hello ] || die "unexpected answer through vscode-on-demand: $body"
   UP_PORT=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/server.log" | grep -o 'addr=127.0.0.1:[0-9]*' |
@@ -325,7 +330,7 @@ start_all() {
   CERT="$VOD_DIR/certs/server.crt"
   KEY="$VOD_DIR/certs/server.key"
   CA="$VOD_DIR/certs/ca.crt"
-  COOKIE="vod_tkn=$INST_TOKEN"
+  COOKIE="$VOD_COOKIE=$INST_TOKEN"
   BASE[direct]="http://127.0.0.1:$UP_PORT/instances/$INST_ID"
   BASE[vod]="https://127.0.0.1:$port/instances/$INST_ID"
   PEER_PID[direct]=""
@@ -459,7 +464,7 @@ case_scale() {
     SPID[$n]=$VOD_PID
     create_and_wake "$dir" "$port"
     SURL[$n]="https://127.0.0.1:$port/instances/$INST_ID"
-    SCOOKIE[$n]="vod_tkn=$INST_TOKEN"
+    SCOOKIE[$n]="$VOD_COOKIE=$INST_TOKEN"
   done
   local order=(10 10000 100000)
   for round in $(seq "$RUNS"); do
@@ -487,13 +492,13 @@ ir_run() {
   if [ "$n" -gt 1 ]; then tool instances "$dir/instances" $((n - 1)); fi
   port=$(free_port)
   NO_COLOR=1 taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-    --log-file="$dir/callgrind.log" "$VOD" serve --listen "127.0.0.1:$port" --data-dir "$dir" \
+    --log-file="$dir/callgrind.log" "$VOD" serve --listen "127.0.0.1:$port" --data-dir "$dir" "${ROUTING[@]}" \
     --runtime command --command "taskset -c $LOAD_CPU $UPSTREAM_BIN --port {port}" \
     >"$dir/server.out" 2>"$dir/server.log" &
   VOD_PID=$!
   PIDS+=("$VOD_PID")
   create_and_wake "$dir" "$port"
-  ir_load "$port" "vod_tkn=$INST_TOKEN" "$reqs"
+  ir_load "$port" "$VOD_COOKIE=$INST_TOKEN" "$reqs"
   stop_pid "$VOD_PID" 120
   ir_total "$dir"
 }
@@ -560,7 +565,7 @@ EOF
   for _ in $(seq "$WAKES"); do
     "$VOD" stop --instance-id "$INST_ID" --data-dir "$dir" >/dev/null
     out=$(tool held "https://127.0.0.1:$port/instances/$INST_ID/small" --cafile "$dir/certs/ca.crt" \
-      --cookie "vod_tkn=$INST_TOKEN")
+      --cookie "$VOD_COOKIE=$INST_TOKEN")
     first=$(field first_byte "$out")
     listen=$(grep 'listen(' "$trace" | tail -1 | grep -o '[0-9]\{9,\}\.[0-9]\{6\}' | head -1)
     [ -n "$listen" ] || die "no listen() in $trace"

@@ -3,6 +3,7 @@
 
 use crate::config::{Backend, ServeConfig};
 use crate::error::StartupError;
+use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults, State};
 use crate::lifecycle::{Lifecycle, Reaper};
 use crate::orchestrator::kube::{Kube, KubeSettings};
@@ -34,6 +35,8 @@ pub struct App {
 pub struct ServerInfo {
     pub addr: SocketAddr,
     pub public_url: String,
+    /// Each instance on its own origin (else all under the public URL).
+    pub host_routing: bool,
     pub ca_cert: PathBuf,
     pub admin_token: String,
     pub token_file: Option<PathBuf>,
@@ -74,25 +77,39 @@ fn admin_token(
     }
 }
 
-fn public_url(cfg: &ServeConfig, addr: SocketAddr) -> Result<(String, String), StartupError> {
-    let url = cfg
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("https://localhost:{}", addr.port()));
-    let url = url.trim_end_matches('/').to_owned();
-    let host = url
-        .strip_prefix("https://")
-        .filter(|h| !h.is_empty() && !h.contains('/'))
-        .ok_or_else(|| StartupError::PublicUrl(url.clone()))?;
-    let host = match host.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => h,
-        _ => host,
+/// With host routing, how instance hosts get certificates: the server's own when it is a
+/// wildcard for them, else minted from the local CA for current instances only.
+fn instance_certs(
+    origins: &Origins,
+    certs: &tls::certs::CertPaths,
+    cert_dir: &Path,
+    registry: &Arc<Registry>,
+) -> Result<Option<tls::InstanceCerts>, StartupError> {
+    if !origins.host_routing() {
+        return Ok(None);
+    }
+    let probe = format!("instance.{}", origins.public_host());
+    let wildcard = tls::load_certs(&certs.server_cert)?
+        .first()
+        .is_some_and(|c| tls::covers(c, &probe));
+    if wildcard {
+        return Ok(None);
+    }
+    let Some(minter) = tls::certs::Minter::from_dir(cert_dir, tls::provider())? else {
+        return Err(StartupError::NoInstanceCerts(
+            origins.public_host().to_owned(),
+        ));
     };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    Ok((url, host))
+    let registry = registry.clone();
+    let origins = origins.clone();
+    Ok(Some(tls::InstanceCerts {
+        minter,
+        is_instance: Box::new(move |name| {
+            origins
+                .instance_of_name(name)
+                .is_some_and(|id| registry.get_str(id).is_some())
+        }),
+    }))
 }
 
 fn kube_settings(cfg: &ServeConfig) -> KubeSettings {
@@ -130,18 +147,32 @@ impl App {
                 addr: cfg.listen,
                 source,
             })?;
-        let (public_url, public_host) = public_url(&cfg, addr)?;
+        let public_url = cfg
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://localhost:{}", addr.port()));
+        let origins = Origins::new(&public_url, cfg.routing)?;
+        let public_url = origins.public_url().to_owned();
 
         let mut hosts = crate::config::default_hosts();
-        if !hosts.contains(&public_host) {
-            hosts.push(public_host);
+        if !hosts.iter().any(|h| h == origins.public_host()) {
+            hosts.push(origins.public_host().to_owned());
         }
         let cert_dir = cfg.cert_dir();
         let (certs, generated) = tls::certs::ensure(&cert_dir, &hosts)?;
         if generated {
             tracing::info!(dir = %cert_dir.display(), "generated a local CA and server certificate");
         }
-        let tls = tls::server_config(&certs.server_cert, &certs.server_key)?;
+        let registry = Arc::new(Registry::new());
+        let instance_certs = instance_certs(&origins, &certs, &cert_dir, &registry)?;
+        let tls = tls::server_config(&certs.server_cert, &certs.server_key, instance_certs)?;
+        if !origins.host_routing() {
+            tracing::warn!(
+                "path routing: every instance is served from {public_url}, one origin, so a page \
+                 of one instance can act in any other the same browser has open; only for users \
+                 who trust each other (wildcard DNS and --routing host give each its own origin)"
+            );
+        }
         let ca_cert = certs
             .ca_cert
             .canonicalize()
@@ -154,7 +185,6 @@ impl App {
                 Arc::new(Kube::connect(cfg.kubeconfig.as_deref(), kube_settings(&cfg)).await?)
             }
         };
-        let registry = Arc::new(Registry::new());
         for rec in orchestrator.load().await? {
             registry.insert(registry.instance(rec, State::Stopped));
         }
@@ -177,7 +207,7 @@ impl App {
         let shared = Arc::new(Shared::new(
             lifecycle.clone(),
             token.clone(),
-            public_url.clone(),
+            origins.clone(),
             defaults,
             cfg.auth_failures_per_minute,
         ));
@@ -187,6 +217,7 @@ impl App {
         let info = ServerInfo {
             addr,
             public_url,
+            host_routing: origins.host_routing(),
             ca_cert,
             admin_token: token.expose().to_owned(),
             token_file,

@@ -1,6 +1,7 @@
 //! Command line and environment → typed configuration. Parsing binds nothing and reads no
 //! files; tests build these structs from argument vectors.
 
+use crate::http::origin::RoutingMode;
 use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -113,6 +114,11 @@ pub struct ServeConfig {
     /// [default: https://localhost:<listen port>].
     #[arg(long, env = "VOD_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// How browsers reach instances: `host` gives each instance its own origin,
+    /// https://<id>.<public host> (isolated from each other); `path` serves all under the
+    /// public host (one trust domain); `auto` is host on localhost, else path.
+    #[arg(long, env = "VOD_ROUTING", value_enum, default_value = "auto")]
+    pub routing: RoutingMode,
     /// Directory for instance metadata, workspaces, the admin token and caches
     /// [default: $XDG_DATA_HOME/vscode-on-demand or ~/.local/share/vscode-on-demand].
     #[arg(long, env = "VOD_DATA_DIR")]
@@ -328,6 +334,10 @@ mod tests {
         assert_eq!(c.idle_notice, Duration::from_secs(120));
         assert_eq!(c.start_timeout, Duration::from_secs(120));
         assert_eq!(c.backend, Backend::Local);
+        assert_eq!(c.routing, RoutingMode::Auto);
+        let p = ServeConfig::from_args(["--routing", "path"]).unwrap();
+        assert_eq!(p.routing, RoutingMode::Path);
+        assert!(ServeConfig::from_args(["--routing", "subdomain"]).is_err());
         assert!(ServeConfig::from_args(["--idle-timeout", "soon"]).is_err());
     }
 }

@@ -17,8 +17,14 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--public-url {0:?} must look like https://host[:port]")]
-    PublicUrl(String),
+    #[error("{0}")]
+    Origins(#[from] crate::http::origin::OriginError),
+    #[error(
+        "host routing needs a certificate for *.{0}: put a wildcard certificate in the \
+         certificate directory, or remove server.crt and server.key there so the local CA makes \
+         them (it then signs each instance host), or use --routing path"
+    )]
+    NoInstanceCerts(String),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
     #[error("backend: {0}")]

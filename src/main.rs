@@ -85,6 +85,14 @@ async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()>
         i.public_url, i.addr
     );
     println!("  API:        {}/api/", i.public_url);
+    if i.host_routing {
+        println!("  Routing:    host (each instance on its own origin, https://<id>.<host>)");
+    } else {
+        println!(
+            "  Routing:    path (all instances share one origin: only for users who trust each \
+             other; see --routing)"
+        );
+    }
     println!(
         "  CA cert:    {}  (trust it in your browser, or: curl --cacert {})",
         i.ca_cert.display(),

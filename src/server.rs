@@ -1,9 +1,10 @@
 //! The listener: accept, TLS handshake (bounded), HTTP/1.1 or HTTP/2 by ALPN with upgrades,
 //! dispatch to the API or the proxy, and graceful shutdown with a drain deadline.
 
+use crate::http::origin::Site;
 use crate::http::response::{error, html, page};
 use crate::http::router::{route, Route};
-use crate::http::Body;
+use crate::http::{request_host, Body};
 use crate::state::Shared;
 use crate::{api, proxy};
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -101,11 +102,27 @@ pub async fn run(
     }
 }
 
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut r = Response::new(crate::http::response::empty());
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
 async fn dispatch(sh: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     // Only the path is ever logged: query strings may carry tokens.
     tracing::debug!(method = %req.method(), path = req.uri().path(), %peer, "request");
     let path = req.uri().path().to_owned();
-    match route(req.method(), &path) {
+    let site = sh.origins.site(request_host(&req));
+    match route(site, req.method(), &path) {
         Route::Instance { id, rest } => proxy::handle(sh, id, rest, req, peer.ip()).await,
         Route::InstanceBare(id) => {
             let mut loc = format!("/instances/{id}/");
@@ -113,13 +130,26 @@ async fn dispatch(sh: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
                 loc.push('?');
                 loc.push_str(q);
             }
-            let mut r = Response::new(crate::http::response::empty());
-            *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
-            if let Ok(v) = HeaderValue::from_str(&loc) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            r
+            redirect(StatusCode::PERMANENT_REDIRECT, &loc)
         }
+        // The documented URL names the public host: the browser goes on to the instance's own
+        // origin, with the same path and query (a `tkn` is exchanged for a cookie there).
+        Route::HandOff(id) => {
+            let mut loc = sh.origins.instance_base(id);
+            loc.push_str(&path);
+            if path == format!("/instances/{id}") {
+                loc.push('/');
+            }
+            if let Some(q) = req.uri().query() {
+                loc.push('?');
+                loc.push_str(q);
+            }
+            redirect(StatusCode::TEMPORARY_REDIRECT, &loc)
+        }
+        Route::InstanceHome => match site {
+            Site::Instance(id) => redirect(StatusCode::TEMPORARY_REDIRECT, &format!("/instances/{id}/")),
+            _ => error(StatusCode::NOT_FOUND, "not_found", "nothing here"),
+        },
         Route::BadPath(why) => error(StatusCode::BAD_REQUEST, "bad_path", why),
         Route::MethodNotAllowed(allowed) => {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("use {allowed}"));
@@ -134,6 +164,9 @@ async fn dispatch(sh: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
                  open an instance with the URL printed when it was created.</p>",
             ),
         ),
+        Route::NotFound if matches!(site, Site::Instance(_)) => {
+            error(StatusCode::NOT_FOUND, "not_found", "this host serves its instance only, under /instances/<id>/")
+        }
         Route::NotFound => error(StatusCode::NOT_FOUND, "not_found", "nothing here; the API is under /api/"),
         api_route => api::handle(sh, api_route, req, peer.ip()).await,
     }

@@ -1,6 +1,7 @@
 //! What every request handler shares: the lifecycle (and through it the registry and backend),
-//! the admin token, the public URL, defaults, the upstream client and the auth rate limiter.
+//! the admin token, the origins, defaults, the upstream client and the auth rate limiter.
 
+use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults};
 use crate::lifecycle::Lifecycle;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -143,8 +144,8 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Incoming>, UpstreamErro
 pub struct Shared {
     pub lifecycle: Arc<Lifecycle>,
     pub admin_token: AccessToken,
-    /// `https://host[:port]` without a trailing slash.
-    pub public_url: String,
+    /// The public URL, and the origin of each instance.
+    pub origins: Origins,
     pub defaults: SpecDefaults,
     pub upstream: UpstreamClient,
     /// Counts failed token checks per client address.
@@ -155,7 +156,7 @@ impl Shared {
     pub fn new(
         lifecycle: Arc<Lifecycle>,
         admin_token: AccessToken,
-        public_url: String,
+        origins: Origins,
         defaults: SpecDefaults,
         auth_failures_per_minute: u32,
     ) -> Self {
@@ -165,7 +166,7 @@ impl Shared {
         Self {
             lifecycle,
             admin_token,
-            public_url: public_url.trim_end_matches('/').to_owned(),
+            origins,
             defaults,
             upstream,
             auth_failures: RateLimiter::keyed(Quota::per_minute(per_minute)),

@@ -60,7 +60,7 @@ async fn create_list_get_status_workspace_delete() {
     assert_eq!(c.token.len(), 64, "256-bit token");
     assert_eq!(
         c.url,
-        format!("{}/instances/{}/?tkn={}", s.base, c.id, c.token)
+        format!("{}/instances/{}/?tkn={}", s.origin_of(&c.id), c.id, c.token)
     );
     assert_eq!(c.body["status"], "Stopped");
     assert_eq!(

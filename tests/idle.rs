@@ -21,7 +21,7 @@ const IDLE: &[&str] = &["--idle-timeout", "2s", "--reap-interval", "200ms"];
 async fn background(s: &Server, c: &Created, method: Method, rest: &str) -> Response<Incoming> {
     let req = s
         .request(method, &format!("/instances/{}{rest}", c.id))
-        .header("cookie", format!("vod_tkn={}", c.token))
+        .header("cookie", s.cookie(&c.token))
         .header("sec-fetch-mode", "cors")
         .header("sec-fetch-site", "same-origin")
         .header("sec-fetch-dest", "empty")
@@ -35,7 +35,7 @@ async fn background(s: &Server, c: &Created, method: Method, rest: &str) -> Resp
 async fn navigate(s: &Server, c: &Created, rest: &str) -> Response<Incoming> {
     let req = s
         .request(Method::GET, &format!("/instances/{}{rest}", c.id))
-        .header("cookie", format!("vod_tkn={}", c.token))
+        .header("cookie", s.cookie(&c.token))
         .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
         .header("accept-encoding", "gzip, deflate, br")
         .header("sec-fetch-mode", "navigate")
@@ -94,8 +94,8 @@ async fn open_websocket(
 > {
     s.websocket(
         &format!("/instances/{}/ws", c.id),
-        Some(&format!("vod_tkn={}", c.token)),
-        Some(&format!("https://{}", s.host)),
+        Some(&s.cookie(&c.token)),
+        Some(&s.origin_of(&c.id)),
     )
     .await
 }
@@ -192,7 +192,7 @@ async fn activity_reports_keep_it_alive_and_the_idle_endpoint_counts_down() {
     // Only the instance's own pages report.
     let req = s
         .request(Method::POST, &format!("/instances/{}/_vod/activity", c.id))
-        .header("cookie", format!("vod_tkn={}", c.token))
+        .header("cookie", s.cookie(&c.token))
         .header("sec-fetch-site", "cross-site")
         .body(Full::default())
         .unwrap();
@@ -418,9 +418,9 @@ async fn the_activity_script_is_added_to_pages_and_nothing_else() {
     let req = s
         .request(
             Method::GET,
-            &format!("https://{}/instances/{}/doc", s.host, c.id),
+            &format!("{}/instances/{}/doc", s.origin_of(&c.id), c.id),
         )
-        .header("cookie", format!("vod_tkn={}", c.token))
+        .header("cookie", s.cookie(&c.token))
         .header("sec-fetch-mode", "navigate")
         .header("accept-encoding", "gzip")
         .body(Full::default())
@@ -444,7 +444,7 @@ async fn the_activity_script_is_added_to_pages_and_nothing_else() {
     // So do frames, programs, and navigations to what is not HTML.
     let req = s
         .request(Method::GET, &format!("/instances/{}/doc", c.id))
-        .header("cookie", format!("vod_tkn={}", c.token))
+        .header("cookie", s.cookie(&c.token))
         .header("sec-fetch-mode", "navigate")
         .header("sec-fetch-dest", "iframe")
         .body(Full::default())

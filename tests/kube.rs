@@ -183,11 +183,11 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     );
     assert_eq!(downloads.load(std::sync::atomic::Ordering::SeqCst), 1);
 
-    let origin = format!("https://{}", a.host);
+    let origin = a.origin_of(&c.id);
     let mut ws_conn = a
         .websocket(
             &format!("/instances/{}/ws", c.id),
-            Some(&format!("vod_tkn={}", c.token)),
+            Some(&a.cookie(&c.token)),
             Some(&origin),
         )
         .await
@@ -291,11 +291,11 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     let down = a.create(json!({"user_id": "other"})).await;
     let r = a.fetch(&up, Method::GET, "/small", "").await;
     assert_eq!(body_text(r).await, "hello");
-    let origin = format!("https://{}", a.host);
+    let origin = a.origin_of(&up.id);
     let mut open = a
         .websocket(
             &format!("/instances/{}/ws", up.id),
-            Some(&format!("vod_tkn={}", up.token)),
+            Some(&a.cookie(&up.token)),
             Some(&origin),
         )
         .await

@@ -6,7 +6,7 @@ mod support;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{Method, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -14,14 +14,43 @@ use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
-async fn token_is_exchanged_for_a_path_scoped_cookie_and_removed_from_the_url() {
+async fn token_is_exchanged_for_a_host_only_cookie_and_removed_from_the_url() {
     let f = Fixture::new(0, &[]);
     let s = &f.server;
+    assert!(s.host_routing, "localhost gets host routing by default");
     let c = s.create(json!({"user_id": "alice"})).await;
-    let path = format!(
-        "/instances/{}/some/page?folder=/w&tkn={}&x=1",
-        c.id, c.token
+    assert_eq!(
+        c.url,
+        format!(
+            "https://{}.{}/instances/{}/?tkn={}",
+            c.id, s.host, c.id, c.token
+        ),
+        "the API gives the instance's own origin"
     );
+    let query = format!("folder=/w&tkn={}&x=1", c.token);
+    // The documented URL on the public host hands the browser over to the instance's origin,
+    // path and query unchanged, before any cookie is set.
+    let front = s
+        .send(
+            Request::builder()
+                .uri(format!("/instances/{}/some/page?{query}", c.id))
+                .header("host", &s.host)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(front.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        front.headers()["location"],
+        format!(
+            "{}/instances/{}/some/page?{query}",
+            s.origin_of(&c.id),
+            c.id
+        )
+    );
+    assert!(front.headers().get("set-cookie").is_none());
+
+    let path = format!("/instances/{}/some/page?{query}", c.id);
     let resp = s
         .send(s.request(Method::GET, &path).body(Full::default()).unwrap())
         .await;
@@ -34,14 +63,15 @@ async fn token_is_exchanged_for_a_path_scoped_cookie_and_removed_from_the_url() 
     assert_eq!(h["referrer-policy"], "no-referrer");
     let cookie = h["set-cookie"].to_str().unwrap();
     for part in [
-        "vod_tkn=",
+        &format!("__Host-vod_tkn={}", c.token)[..],
         "HttpOnly",
         "Secure",
         "SameSite=Lax",
-        &format!("Path=/instances/{}/", c.id),
+        "Path=/",
     ] {
         assert!(cookie.contains(part), "{cookie} lacks {part}");
     }
+    assert!(!cookie.contains("Domain"), "host-only: {cookie}");
     assert_eq!(
         s.state(&c.id).await,
         "Stopped",
@@ -83,7 +113,7 @@ async fn a_tkn_parameter_that_is_not_ours_passes_through_with_a_valid_cookie() {
     let r = s
         .send(
             s.request(Method::GET, &path)
-                .header("cookie", format!("vod_tkn={}", c.token))
+                .header("cookie", s.cookie(&c.token))
                 .body(Full::default())
                 .unwrap(),
         )
@@ -117,9 +147,7 @@ async fn missing_or_wrong_credentials_are_refused_then_rate_limited() {
     let r = s.send(get(None, false)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(body_json(r).await["error"], "unauthorized");
-    let r = s
-        .send(get(Some(format!("vod_tkn={}", other.token)), false))
-        .await;
+    let r = s.send(get(Some(s.cookie(&other.token)), false)).await;
     assert_eq!(
         r.status(),
         StatusCode::UNAUTHORIZED,
@@ -127,11 +155,7 @@ async fn missing_or_wrong_credentials_are_refused_then_rate_limited() {
     );
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(
-            s.send(get(Some("vod_tkn=guess".into()), false))
-                .await
-                .status(),
-        );
+        statuses.push(s.send(get(Some(s.cookie("guess")), false)).await.status());
     }
     assert_eq!(
         statuses.last(),
@@ -143,9 +167,7 @@ async fn missing_or_wrong_credentials_are_refused_then_rate_limited() {
         "Stopped",
         "nothing unauthenticated started the instance"
     );
-    let r = s
-        .send(get(Some(format!("vod_tkn={}", c.token)), false))
-        .await;
+    let r = s.send(get(Some(s.cookie(&c.token)), false)).await;
     assert_eq!(r.status(), StatusCode::OK, "valid credentials still work");
 }
 
@@ -166,7 +188,7 @@ async fn paths_that_do_not_name_exactly_one_instance_are_refused() {
         let r = s
             .send(
                 s.request(Method::GET, &bad)
-                    .header("cookie", format!("vod_tkn={}", c.token))
+                    .header("cookie", s.cookie(&c.token))
                     .body(Full::default())
                     .unwrap(),
             )
@@ -201,7 +223,7 @@ async fn requests_are_rewritten_streamed_and_served_over_http2() {
         .request(Method::POST, &format!("/instances/{}/echo/x?q=1", c.id))
         .header(
             "cookie",
-            format!("theme=dark; vod_tkn={}; lang=en", c.token),
+            format!("theme=dark; {}; lang=en", s.cookie(&c.token)),
         )
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "secret")
@@ -231,8 +253,9 @@ async fn requests_are_rewritten_streamed_and_served_over_http2() {
         "client-sent values are replaced"
     );
     assert_eq!(h["x-forwarded-proto"], "https");
-    assert_eq!(h["x-forwarded-host"], s.host.as_str());
-    assert_eq!(h["host"], s.host.as_str());
+    let instance_host = s.host_for(&format!("/instances/{}/", c.id));
+    assert_eq!(h["x-forwarded-host"], instance_host.as_str());
+    assert_eq!(h["host"], instance_host.as_str());
     assert!(
         h.get("x-hop").is_none() && h.get("connection").is_none(),
         "{h}"
@@ -264,9 +287,9 @@ async fn requests_are_rewritten_streamed_and_served_over_http2() {
         .send_h2(
             s.request(
                 Method::GET,
-                &format!("https://{}/instances/{}/echo/h2", s.host, c.id),
+                &format!("{}/instances/{}/echo/h2", s.origin_of(&c.id), c.id),
             )
-            .header("cookie", format!("vod_tkn={}", c.token))
+            .header("cookie", s.cookie(&c.token))
             .body(Full::default())
             .unwrap(),
         )
@@ -276,7 +299,7 @@ async fn requests_are_rewritten_streamed_and_served_over_http2() {
     assert_eq!(v["path"], "/echo/h2");
     assert_eq!(
         v["headers"]["host"],
-        s.host.as_str(),
+        instance_host.as_str(),
         "HTTP/2 authority becomes the upstream Host"
     );
 }
@@ -287,8 +310,8 @@ async fn websockets_are_spliced_and_need_this_hosts_origin() {
     let s = &f.server;
     let c = s.create(json!({"user_id": "alice"})).await;
     let path = format!("/instances/{}/ws", c.id);
-    let cookie = format!("vod_tkn={}; other=1", c.token);
-    let origin = format!("https://{}", s.host);
+    let cookie = format!("{}; other=1", s.cookie(&c.token));
+    let origin = s.origin_of(&c.id);
 
     let err = s
         .websocket(&path, Some(&cookie), Some("https://evil.example"))

@@ -52,7 +52,12 @@ async fn scenario(deps: Deps) {
         &deps,
         "vscode.js",
         &[
-            ("VOD_E2E_URL", c.url.clone()),
+            // The documented form, on the public host: it hands over to the instance's origin.
+            (
+                "VOD_E2E_URL",
+                format!("{}/instances/{}/?tkn={}", server.base, c.id, c.token),
+            ),
+            ("VOD_E2E_ORIGIN", server.origin_of(&c.id)),
             ("VOD_E2E_API", server.base.clone()),
             ("VOD_E2E_ADMIN_TOKEN", server.token.clone()),
             ("VOD_E2E_INSTANCE", c.id.clone()),

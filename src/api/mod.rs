@@ -232,7 +232,7 @@ async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     body["access_token"] = json!(token.expose());
     body["url"] = json!(format!(
         "{}?tkn={}",
-        view::instance_url(&sh.public_url, &inst),
+        view::instance_url(&sh.origins, &inst),
         token.expose()
     ));
     json(StatusCode::CREATED, &body)

@@ -1,5 +1,6 @@
 //! The JSON shapes of the API, kept compatible with the predecessor's fields.
 
+use crate::http::origin::Origins;
 use crate::instance::State;
 use crate::lifecycle::policy;
 use crate::registry::Instance;
@@ -15,8 +16,13 @@ fn rfc3339_ms(ms: u64) -> String {
     rfc3339_secs(ms / 1000)
 }
 
-pub fn instance_url(public_url: &str, inst: &Instance) -> String {
-    format!("{public_url}/instances/{}/", inst.id)
+/// Where a browser opens an instance: its own origin in host routing.
+pub fn instance_url(origins: &Origins, inst: &Instance) -> String {
+    format!(
+        "{}/instances/{}/",
+        origins.instance_base(inst.id.as_str()),
+        inst.id
+    )
 }
 
 /// One instance as the API shows it. The access token is only in the create response.
@@ -37,7 +43,7 @@ pub fn instance(sh: &Shared, inst: &Instance) -> Value {
         "status": s.state.as_str(),
         "message": s.message,
         "stop_reason": s.stop_reason,
-        "url": instance_url(&sh.public_url, inst),
+        "url": instance_url(&sh.origins, inst),
         "base_image": spec.base_image,
         "vscode_version": spec.vscode_version,
         "storage_size": spec.storage_size,

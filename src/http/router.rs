@@ -1,9 +1,11 @@
-//! The router: method and raw path → [`Route`]. Pure, so every path rule is unit-tested.
+//! The router: site (from the host, see [`super::origin`]), method and raw path → [`Route`].
+//! Pure, so every path rule is unit-tested.
 //!
 //! Instance paths are checked strictly: a path that could mean anything other than exactly one
 //! instance (encoded slashes or dots, dot segments, backslashes, characters an id cannot have)
 //! is refused before any lookup.
 
+use super::origin::Site;
 use http::Method;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,10 @@ pub enum Route<'a> {
         id: &'a str,
         rest: &'a str,
     },
+    /// An instance path on the public host in host routing: sent to the instance's own origin.
+    HandOff(&'a str),
+    /// `/` on an instance's own host: sent to its path.
+    InstanceHome,
     BadPath(&'static str),
     MethodNotAllowed(&'static str),
     NotFound,
@@ -67,7 +73,7 @@ fn ambiguous(path: &str) -> Option<&'static str> {
     None
 }
 
-pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
+pub fn route<'a>(site: Site<'_>, method: &Method, path: &'a str) -> Route<'a> {
     if let Some(after) = path.strip_prefix("/instances/") {
         let (id, rest) = match after.find('/') {
             Some(i) => (&after[..i], &after[i..]),
@@ -81,10 +87,21 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
         if let Some(why) = ambiguous(path) {
             return Route::BadPath(why);
         }
-        return if rest.is_empty() {
-            Route::InstanceBare(id)
+        return match site {
+            Site::Instance(own) if own != id => {
+                Route::BadPath("this host serves only the instance its name starts with")
+            }
+            Site::Front => Route::HandOff(id),
+            _ if rest.is_empty() => Route::InstanceBare(id),
+            _ => Route::Instance { id, rest },
+        };
+    }
+    if let Site::Instance(_) = site {
+        // An instance's origin serves that instance only: no API, no other pages.
+        return if path == "/" {
+            Route::InstanceHome
         } else {
-            Route::Instance { id, rest }
+            Route::NotFound
         };
     }
     if path == "/" {
@@ -142,45 +159,54 @@ mod tests {
     #[test]
     fn api_routes() {
         let g = Method::GET;
-        assert_eq!(route(&g, "/api/"), Route::Banner);
-        assert_eq!(route(&g, "/api"), Route::Banner);
-        assert_eq!(route(&g, "/api/health"), Route::Health);
-        assert_eq!(route(&g, "/api/instances"), Route::ListInstances);
+        assert_eq!(route(Site::Shared, &g, "/api/"), Route::Banner);
+        assert_eq!(route(Site::Shared, &g, "/api"), Route::Banner);
+        assert_eq!(route(Site::Shared, &g, "/api/health"), Route::Health);
         assert_eq!(
-            route(&Method::POST, "/api/instances"),
+            route(Site::Shared, &g, "/api/instances"),
+            Route::ListInstances
+        );
+        assert_eq!(
+            route(Site::Shared, &Method::POST, "/api/instances"),
             Route::CreateInstance
         );
-        assert_eq!(route(&g, "/api/instances/u-1"), Route::GetInstance("u-1"));
         assert_eq!(
-            route(&Method::DELETE, "/api/instances/u-1"),
+            route(Site::Shared, &g, "/api/instances/u-1"),
+            Route::GetInstance("u-1")
+        );
+        assert_eq!(
+            route(Site::Shared, &Method::DELETE, "/api/instances/u-1"),
             Route::DeleteInstance("u-1")
         );
         assert_eq!(
-            route(&Method::POST, "/api/instances/u-1/stop"),
+            route(Site::Shared, &Method::POST, "/api/instances/u-1/stop"),
             Route::StopInstance("u-1")
         );
         assert_eq!(
-            route(&g, "/api/instances/u-1/stop"),
+            route(Site::Shared, &g, "/api/instances/u-1/stop"),
             Route::MethodNotAllowed("POST")
         );
         assert_eq!(
-            route(&Method::POST, "/api/instances/u-1/keepalive"),
+            route(Site::Shared, &Method::POST, "/api/instances/u-1/keepalive"),
             Route::KeepaliveInstance("u-1")
         );
-        assert_eq!(route(&g, "/api/workspaces/bob"), Route::Workspace("bob"));
-        assert_eq!(route(&g, "/api/nope"), Route::NotFound);
-        assert_eq!(route(&g, "/other"), Route::NotFound);
+        assert_eq!(
+            route(Site::Shared, &g, "/api/workspaces/bob"),
+            Route::Workspace("bob")
+        );
+        assert_eq!(route(Site::Shared, &g, "/api/nope"), Route::NotFound);
+        assert_eq!(route(Site::Shared, &g, "/other"), Route::NotFound);
     }
 
     #[test]
     fn instance_paths() {
         let g = Method::GET;
         assert_eq!(
-            route(&g, "/instances/u-0000000a"),
+            route(Site::Shared, &g, "/instances/u-0000000a"),
             Route::InstanceBare("u-0000000a")
         );
         assert_eq!(
-            route(&g, "/instances/u-0000000a/static/x.js"),
+            route(Site::Shared, &g, "/instances/u-0000000a/static/x.js"),
             Route::Instance {
                 id: "u-0000000a",
                 rest: "/static/x.js"
@@ -198,7 +224,39 @@ mod tests {
             "/instances/u_1/",
             "/instances//",
         ] {
-            assert!(matches!(route(&g, bad), Route::BadPath(_)), "{bad}");
+            assert!(
+                matches!(route(Site::Shared, &g, bad), Route::BadPath(_)),
+                "{bad}"
+            );
         }
+    }
+
+    #[test]
+    fn host_routing_keeps_each_host_to_its_instance() {
+        let g = Method::GET;
+        let own = Site::Instance("u-0000000a");
+        assert_eq!(
+            route(own, &g, "/instances/u-0000000a/x"),
+            Route::Instance {
+                id: "u-0000000a",
+                rest: "/x"
+            }
+        );
+        assert!(matches!(
+            route(own, &g, "/instances/v-0000000b/x"),
+            Route::BadPath(_)
+        ));
+        assert_eq!(route(own, &g, "/"), Route::InstanceHome);
+        assert_eq!(route(own, &g, "/api/instances"), Route::NotFound);
+        assert_eq!(route(own, &g, "/api/health"), Route::NotFound);
+        assert_eq!(
+            route(Site::Front, &g, "/instances/u-0000000a/x?tkn=1"),
+            Route::HandOff("u-0000000a")
+        );
+        assert!(matches!(
+            route(Site::Front, &g, "/instances/u-0000000a/%2e%2e/"),
+            Route::BadPath(_)
+        ));
+        assert_eq!(route(Site::Front, &g, "/api/health"), Route::Health);
     }
 }

@@ -1,12 +1,31 @@
-//! The token check for instance URLs: a `tkn` query parameter is exchanged once for a cookie
-//! scoped to the instance's path; later requests carry the cookie.
+//! The token check for instance URLs, and the cookies around it: a `tkn` query parameter is
+//! exchanged once for a cookie that only the instance's origin (host routing) or path (path
+//! routing) gets; later requests carry it. The instance never sees our cookie and cannot set
+//! it, nor cookies for other hosts or other instances' paths.
 
 use crate::registry::Instance;
 use cookie::{Cookie, SameSite};
 use http::{header, HeaderMap, HeaderValue};
 
-/// Name of the cookie that carries an instance's access token.
-pub const COOKIE: &str = "vod_tkn";
+/// The cookie that carries an instance's access token on the instance's own origin: `__Host-`
+/// makes browsers insist on Secure, `Path=/` and no `Domain`, so no other host can set or
+/// receive it.
+pub const HOST_COOKIE: &str = "__Host-vod_tkn";
+/// The same under path routing, scoped to the instance's path (`__Host-` would need `Path=/`).
+pub const PATH_COOKIE: &str = "__Secure-vod_tkn";
+
+pub fn cookie_name(host_routing: bool) -> &'static str {
+    if host_routing {
+        HOST_COOKIE
+    } else {
+        PATH_COOKIE
+    }
+}
+
+/// Our cookie under any prefix, and the unprefixed name used before prefixes.
+fn is_ours(name: &str) -> bool {
+    name.ends_with("vod_tkn")
+}
 
 /// What a request presents.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,6 +69,7 @@ pub fn check(
     inst: &Instance,
     headers: &HeaderMap,
     query: Option<&str>,
+    cookie: &str,
     allow_attempt: impl FnOnce() -> bool,
 ) -> Presented {
     let tkn = split_tkn(query).0.filter(|t| !t.is_empty());
@@ -58,7 +78,7 @@ pub fn check(
     for value in headers.get_all(header::COOKIE) {
         let Ok(s) = value.to_str() else { continue };
         for c in Cookie::split_parse(s).flatten() {
-            if c.name() == COOKIE {
+            if c.name() == cookie {
                 cookie_seen = true;
                 cookie_ok |= inst.token.matches(c.value().as_bytes());
             }
@@ -80,10 +100,16 @@ pub fn check(
     }
 }
 
-/// The `Set-Cookie` value for an instance: HttpOnly, Secure, only sent under its path.
-pub fn set_cookie(inst: &Instance) -> HeaderValue {
-    let c = Cookie::build((COOKIE, inst.token.expose().to_owned()))
-        .path(format!("/instances/{}/", inst.id))
+/// The `Set-Cookie` value for an instance: HttpOnly, Secure, host-only; only sent to the
+/// instance's origin (host routing) or under its path (path routing).
+pub fn set_cookie(inst: &Instance, host_routing: bool) -> HeaderValue {
+    let path = if host_routing {
+        "/".to_owned()
+    } else {
+        format!("/instances/{}/", inst.id)
+    };
+    let c = Cookie::build((cookie_name(host_routing), inst.token.expose().to_owned()))
+        .path(path)
         .http_only(true)
         .secure(true)
         .same_site(SameSite::Lax)
@@ -104,11 +130,50 @@ pub fn strip_cookie(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(';'))
         .map(str::trim)
-        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(COOKIE))
+        .filter(|kv| !kv.is_empty() && !kv.split('=').next().is_some_and(is_ours))
         .collect();
     if !kept.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
             headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// Keeps an instance's `Set-Cookie` headers to what it may set: never our cookie, never one
+/// with a `Domain` (it would reach other hosts), and under path routing only within its own
+/// path. Anything else is dropped or rewritten.
+pub fn confine_set_cookie(headers: &mut HeaderMap, id: &str, host_routing: bool) {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    let own = format!("/instances/{id}/");
+    for v in values {
+        let Some(mut c) = v.to_str().ok().and_then(|s| Cookie::parse(s).ok()) else {
+            continue;
+        };
+        if is_ours(c.name()) || c.domain().is_some() {
+            tracing::debug!(
+                instance = id,
+                "dropped a Set-Cookie outside the instance's reach"
+            );
+            continue;
+        }
+        let within = c
+            .path()
+            .is_none_or(|p| p.starts_with(&own) || p == &own[..own.len() - 1]);
+        if host_routing || within {
+            headers.append(header::SET_COOKIE, v);
+        } else {
+            c.set_path(own.clone());
+            if let Ok(v) = HeaderValue::from_str(&c.to_string()) {
+                headers.append(header::SET_COOKIE, v);
+            }
         }
     }
 }
@@ -137,9 +202,48 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("vod_tkn=x"));
         strip_cookie(&mut h);
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+        let mut prefixed = HeaderMap::new();
+        prefixed.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-vod_tkn=s; __Secure-vod_tkn=t; c=3"),
+        );
+        strip_cookie(&mut prefixed);
+        assert_eq!(prefixed.get(header::COOKIE).unwrap(), "c=3");
         let mut only = HeaderMap::new();
         only.insert(header::COOKIE, HeaderValue::from_static("vod_tkn=secret"));
         strip_cookie(&mut only);
         assert!(only.get(header::COOKIE).is_none());
+    }
+
+    fn set_cookies(values: &[&'static str], host_routing: bool) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(v));
+        }
+        confine_set_cookie(&mut h, "u-0000000a", host_routing);
+        h.get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn instances_cannot_set_our_cookie_or_reach_others() {
+        let attacks = [
+            "__Host-vod_tkn=x; Path=/; Secure",
+            "__Secure-vod_tkn=x; Path=/instances/v-0000000b/; Secure",
+            "vod_tkn=x; Path=/instances/v-0000000b/",
+            "a=1; Domain=localhost",
+        ];
+        for host_routing in [true, false] {
+            assert!(set_cookies(&attacks, host_routing).is_empty());
+        }
+        let kept = ["theme=dark; Path=/instances/u-0000000a/", "s=1"];
+        assert_eq!(set_cookies(&kept, false), kept);
+        assert_eq!(set_cookies(&["p=1; Path=/"], true), ["p=1; Path=/"]);
+        assert_eq!(
+            set_cookies(&["p=1; Path=/instances/v-0000000b/"], false),
+            ["p=1; Path=/instances/u-0000000a/"]
+        );
     }
 }

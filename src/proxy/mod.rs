@@ -12,7 +12,7 @@ mod pages;
 mod tunnel;
 
 use crate::http::response::{error, with_header};
-use crate::http::{events, Body, BoxError};
+use crate::http::{events, request_host, Body, BoxError};
 use crate::instance::{State, Upstream};
 use crate::lifecycle::{policy, reason, StartError};
 use crate::registry::{ActivityGuard, Instance, Status};
@@ -41,14 +41,16 @@ pub async fn handle(
     let source = Source::of(req.method(), req.headers(), websocket);
     let navigation = source == Source::Navigation;
     let inst = sh.lifecycle.registry.get_str(id);
+    let host_routing = sh.origins.host_routing();
+    let cookie = auth::cookie_name(host_routing);
     let presented = match &inst {
-        Some(i) => auth::check(i, req.headers(), req.uri().query(), || {
+        Some(i) => auth::check(i, req.headers(), req.uri().query(), cookie, || {
             sh.auth_failure_allowed(peer)
         }),
         None => Presented::Invalid { any: true },
     };
     let inst = match (inst, presented) {
-        (Some(inst), Presented::Exchange) => return exchange(&inst, rest, req.uri()),
+        (Some(inst), Presented::Exchange) => return exchange(&inst, rest, req.uri(), host_routing),
         (Some(inst), Presented::Valid) => inst,
         (_, Presented::Limited) => return too_many(),
         (_, Presented::WrongToken) => return deny(navigation, true),
@@ -171,8 +173,8 @@ fn not_ready(e: StartError) -> Response<Body> {
     )
 }
 
-/// The host the client addressed: `Host` (HTTP/1.1) or the URI authority (HTTP/2).
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+/// The host the client addressed, as a header value for the instance.
+fn host_value(req: &Request<Incoming>) -> Option<HeaderValue> {
     req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
@@ -180,12 +182,13 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     })
 }
 
-/// A WebSocket must be opened by a page of this host: its `Origin` is `https://<host>`.
+/// A WebSocket must be opened by a page of this host: its `Origin` is `https://<host>`. With
+/// host routing that host is the instance's own, so no other instance's page passes.
 fn origin_matches(req: &Request<Incoming>) -> bool {
     let (Some(origin), Some(host)) = (req.headers().get(header::ORIGIN), request_host(req)) else {
         return false;
     };
-    let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else {
+    let Ok(origin) = origin.to_str() else {
         return false;
     };
     origin
@@ -195,7 +198,7 @@ fn origin_matches(req: &Request<Incoming>) -> bool {
 
 /// Trades a valid `?tkn=` for a cookie and sends the browser to the same URL without it, so
 /// the token stays out of history, logs and `Referer`.
-fn exchange(inst: &Instance, rest: &str, uri: &Uri) -> Response<Body> {
+fn exchange(inst: &Instance, rest: &str, uri: &Uri, host_routing: bool) -> Response<Body> {
     let (_, query) = auth::split_tkn(uri.query());
     let mut location = format!("/instances/{}{rest}", inst.id);
     if !query.is_empty() {
@@ -205,7 +208,7 @@ fn exchange(inst: &Instance, rest: &str, uri: &Uri) -> Response<Body> {
     let mut r = Response::new(crate::http::response::empty());
     *r.status_mut() = StatusCode::SEE_OTHER;
     let h = r.headers_mut();
-    h.insert(header::SET_COOKIE, auth::set_cookie(inst));
+    h.insert(header::SET_COOKIE, auth::set_cookie(inst, host_routing));
     h.insert(
         header::LOCATION,
         HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/")),
@@ -227,7 +230,7 @@ fn upstream_request(
     peer: IpAddr,
     upgrade: bool,
 ) -> Result<Request<Incoming>, Response<Body>> {
-    let host = request_host(&req);
+    let host = host_value(&req);
     let (mut parts, body) = req.into_parts();
     let path = if upstream.strip_prefix {
         rest.to_owned()
@@ -314,6 +317,11 @@ async fn forward(
     };
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
+    auth::confine_set_cookie(
+        &mut parts.headers,
+        inst.id.as_str(),
+        sh.origins.host_routing(),
+    );
     let body = match script_tag {
         Some(tag) if inject::wanted(&parts) => match inject::page(&mut parts, body, &tag).await {
             Ok(b) => b,
@@ -349,6 +357,11 @@ async fn forward_upgrade(
         Ok(r) => r,
         Err(e) => return upstream_failed(e),
     };
+    auth::confine_set_cookie(
+        resp.headers_mut(),
+        inst.id.as_str(),
+        sh.origins.host_routing(),
+    );
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, false);

@@ -1,7 +1,8 @@
 'use strict';
 // Drives a real VS Code (code-server) through the vscode-on-demand proxy in headless Chromium.
 // Run by tests/vscode_e2e.rs, which passes everything through the environment:
-//   VOD_E2E_URL          instance URL with ?tkn= (as the create call returned it)
+//   VOD_E2E_URL          the documented instance URL with ?tkn=, on the public host
+//   VOD_E2E_ORIGIN       the instance's own origin, which that URL hands the browser over to
 //   VOD_E2E_API          server base URL, for the management API
 //   VOD_E2E_ADMIN_TOKEN  API bearer token (kept out of argv, which any local user can read)
 //   VOD_E2E_INSTANCE     instance id
@@ -95,9 +96,12 @@ async function main(out) {
     throw new Error(`expected a 303 token exchange, got ${redirectResponse ? redirectResponse.status() : 'no redirect'}`);
   }
   if (page.url().includes('tkn=')) throw new Error(`token still in the URL: ${page.url()}`);
+  const origin = need('VOD_E2E_ORIGIN');
+  if (new URL(page.url()).origin !== origin) throw new Error(`expected the instance's origin ${origin}, at ${page.url()}`);
+  const host = new URL(origin).hostname;
   const cookies = await context.cookies();
-  if (!cookies.some((c) => c.name === 'vod_tkn' && c.path === instancePath && c.httpOnly && c.secure)) {
-    throw new Error(`no HttpOnly Secure vod_tkn cookie for ${instancePath}: ${JSON.stringify(cookies.map((c) => c.name))}`);
+  if (!cookies.some((c) => c.name === '__Host-vod_tkn' && c.domain === host && c.path === '/' && c.httpOnly && c.secure)) {
+    throw new Error(`no host-only HttpOnly Secure __Host-vod_tkn cookie for ${host}: ${JSON.stringify(cookies.map((c) => [c.name, c.domain, c.path]))}`);
   }
 
   // b. The starting page reloads itself into the workbench, which talks to the instance over a

@@ -76,6 +76,8 @@ pub struct Server {
     pub token: String,
     pub tls: Arc<rustls::ClientConfig>,
     pub stdout: Vec<String>,
+    /// Each instance on its own origin, `<id>.localhost:<port>` (the default on localhost).
+    pub host_routing: bool,
 }
 
 pub struct Created {
@@ -132,6 +134,7 @@ impl Server {
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
         let tls = client_tls(&data_dir.join("certs/ca.crt"));
+        let host_routing = stdout.iter().any(|l| l.contains("Routing:    host"));
         Server {
             child,
             addr,
@@ -141,7 +144,40 @@ impl Server {
             token,
             tls,
             stdout,
+            host_routing,
         }
+    }
+
+    /// The host serving `path`: an instance's own host for its paths in host routing, else
+    /// the public one.
+    pub fn host_for(&self, path: &str) -> String {
+        // An absolute URI (HTTP/2 requests) names its path after the authority.
+        let path = path
+            .strip_prefix("https://")
+            .map_or(path, |r| r.find('/').map_or("", |i| &r[i..]));
+        let id = path
+            .strip_prefix("/instances/")
+            .and_then(|r| r.split(['/', '?']).next())
+            .filter(|id| !id.is_empty());
+        match id {
+            Some(id) if self.host_routing => format!("{id}.{}", self.host),
+            _ => self.host.clone(),
+        }
+    }
+
+    /// The origin an instance's pages have.
+    pub fn origin_of(&self, id: &str) -> String {
+        format!("https://{}", self.host_for(&format!("/instances/{id}/")))
+    }
+
+    /// The `Cookie` header value carrying an instance token, as the browser would send it.
+    pub fn cookie(&self, token: &str) -> String {
+        let name = if self.host_routing {
+            "__Host-vod_tkn"
+        } else {
+            "__Secure-vod_tkn"
+        };
+        format!("{name}={token}")
     }
 
     pub fn pid(&self) -> i32 {
@@ -199,18 +235,19 @@ impl Server {
         tx.send_request(req).await.unwrap()
     }
 
+    /// A request to `path` on the host that serves it (see [`Server::host_for`]).
     pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
         Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, &self.host)
+            .header(http::header::HOST, self.host_for(path))
     }
 
     /// A GET as a browser navigation, with the instance cookie.
     pub async fn visit(&self, c: &Created, rest: &str) -> Response<Incoming> {
         let req = self
             .request(Method::GET, &format!("/instances/{}{rest}", c.id))
-            .header("cookie", format!("vod_tkn={}", c.token))
+            .header("cookie", self.cookie(&c.token))
             .header("accept", "text/html")
             .header("sec-fetch-mode", "navigate")
             .body(Full::default())
@@ -228,7 +265,7 @@ impl Server {
     ) -> Response<Incoming> {
         let req = self
             .request(method, &format!("/instances/{}{rest}", c.id))
-            .header("cookie", format!("vod_tkn={}", c.token))
+            .header("cookie", self.cookie(&c.token))
             .body(Full::new(Bytes::from(body.to_owned())))
             .unwrap();
         self.send(req).await
@@ -300,7 +337,7 @@ impl Server {
         tokio_tungstenite::tungstenite::Error,
     > {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = format!("wss://{}{path}", self.host)
+        let mut req = format!("wss://{}{path}", self.host_for(path))
             .into_client_request()
             .unwrap();
         if let Some(c) = cookie {
