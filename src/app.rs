@@ -3,6 +3,7 @@
 
 use crate::config::{Backend, ServeConfig};
 use crate::error::StartupError;
+use crate::http::conns::ConnLimits;
 use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults, State};
 use crate::lifecycle::{Lifecycle, Reaper};
@@ -204,13 +205,15 @@ impl App {
             idle_notice_secs: cfg.idle_notice.as_secs(),
             ..SpecDefaults::default()
         };
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             lifecycle.clone(),
             token.clone(),
             origins.clone(),
             defaults,
             cfg.auth_failures_per_minute,
-        ));
+        );
+        shared.tunnel_idle_timeout = cfg.tunnel_idle_timeout;
+        let shared = Arc::new(shared);
         // Lets the client subcommands find this server without flags.
         let discovery = serde_json::json!({ "api_url": public_url, "ca_cert": ca_cert });
         let _ = std::fs::write(data_dir.join("server.json"), discovery.to_string());
@@ -252,7 +255,12 @@ impl App {
             self.shared,
             self.shutdown.clone(),
             ServerLimits {
-                max_connections: self.cfg.max_connections,
+                conns: ConnLimits {
+                    max_total: self.cfg.max_connections,
+                    max_per_client: self.cfg.max_connections_per_client,
+                    idle: self.cfg.idle_connection_timeout,
+                },
+                max_header_bytes: self.cfg.max_header_bytes,
                 drain_timeout: self.cfg.drain_timeout,
             },
         )

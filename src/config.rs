@@ -175,6 +175,21 @@ pub struct ServeConfig {
     /// Most simultaneous client connections.
     #[arg(long, env = "VOD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Most simultaneous connections from one client address (IPv6: one /64); at the limit its
+    /// longest-idle connection is closed to make room, else the new one is refused.
+    #[arg(long, env = "VOD_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 512)]
+    pub max_connections_per_client: usize,
+    /// A client connection with no request in flight is closed after this long (before its
+    /// first request, between keep-alive requests, idle HTTP/2).
+    #[arg(long, env = "VOD_IDLE_CONNECTION_TIMEOUT", value_parser = duration, default_value = "60s")]
+    pub idle_connection_timeout: Duration,
+    /// A WebSocket tunnel with no bytes either way for this long is closed (VS Code sends
+    /// keepalives every few seconds while a tab is open).
+    #[arg(long, env = "VOD_TUNNEL_IDLE_TIMEOUT", value_parser = duration, default_value = "10m")]
+    pub tunnel_idle_timeout: Duration,
+    /// Largest request head in bytes; larger ones are answered 431.
+    #[arg(long, env = "VOD_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
     /// Failed token checks allowed per client address per minute before 429.
     #[arg(long, env = "VOD_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
     pub auth_failures_per_minute: u32,

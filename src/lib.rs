@@ -7,8 +7,10 @@
 //! instance`.
 //! - [`config`]: command line and environment → typed configuration.
 //! - [`app`]: the composition root; builds everything and owns the shutdown token.
-//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, dispatch, graceful shutdown.
-//! - [`http`]: the router (pure), response helpers, server-sent events.
+//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, idle connections, dispatch, graceful
+//!   shutdown.
+//! - [`http`]: origins and the router (pure: host and path → route), the connection table
+//!   (caps, idleness), response helpers, server-sent events.
 //! - [`api`]: the `/api` handlers.
 //! - [`proxy`]: token check, starting page, forwarding and WebSocket splicing, the activity
 //!   signal (the script added to pages, what counts as work).

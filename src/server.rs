@@ -1,4 +1,5 @@
-//! The listener: accept, TLS handshake (bounded), HTTP/1.1 or HTTP/2 by ALPN with upgrades,
+//! The listener: accept within the connection caps ([`crate::http::conns`]), TLS handshake (bounded),
+//! HTTP/1.1 or HTTP/2 by ALPN with upgrades and bounded heads, idle connections closed,
 //! dispatch to the API or the proxy, and graceful shutdown with a drain deadline.
 
 use crate::http::origin::Site;
@@ -16,15 +17,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::conns::{Conn, ConnLimits, Conns};
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Slow headers: a request head must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ServerLimits {
-    pub max_connections: usize,
+    pub conns: ConnLimits,
+    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list); larger ones get 431.
+    pub max_header_bytes: usize,
     pub drain_timeout: Duration,
 }
 
@@ -38,24 +43,22 @@ pub async fn run(
     limits: ServerLimits,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let conns = Conns::new(limits.conns, shutdown.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(HEADER_TIMEOUT)
+        // hyper's floor for its read buffer is 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = shutdown.cancelled() => break,
-        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -68,37 +71,87 @@ pub async fn run(
             },
             () = shutdown.cancelled() => break,
         };
+        // At the total cap this waits for a place (an idle connection is closed to make one if
+        // there is any), so the listener's backlog absorbs the rest.
+        let Some(conn) = conns.admit(peer.ip()).await else {
+            tracing::debug!(%peer, "connection refused: this client holds its share");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let sh = sh.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let svc = hyper::service::service_fn(move |req| {
-                let sh = sh.clone();
-                async move { Ok::<_, Infallible>(dispatch(&sh, req, peer).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        let idle = conns.limits().idle;
+        tokio::spawn(serve_connection(
+            tcp, peer, conn, idle, acceptor, sh, builder,
+        ));
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    if tokio::time::timeout(limits.drain_timeout, conns.drained())
         .await
         .is_err()
     {
         tracing::warn!("drain timeout passed with connections still open");
+    }
+}
+
+/// One client connection: TLS, then HTTP until the client leaves, it stays idle too long, or
+/// it is asked to close (to make room, or at shutdown).
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+    idle_limit: Duration,
+    acceptor: TlsAcceptor,
+    sh: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
+    let tls = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+        () = conn.info.close.cancelled() => return,
+    };
+    let svc_conn = conn.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let sh = sh.clone();
+        let conn = svc_conn.clone();
+        async move {
+            let _busy = conn.info.busy();
+            Ok::<_, Infallible>(dispatch(&sh, req, peer, &conn).await)
+        }
+    });
+    let http = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    tokio::pin!(http);
+    let mut closing = false;
+    loop {
+        let idle_left = conn
+            .info
+            .idle_for()
+            .map_or(idle_limit, |idle| idle_limit.saturating_sub(idle));
+        tokio::select! {
+            r = http.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = conn.info.close.cancelled(), if !closing => {
+                closing = true;
+                http.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep(idle_left), if !closing => {
+                if conn.info.idle_for().is_some_and(|idle| idle >= idle_limit) {
+                    closing = true;
+                    http.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }
 
@@ -117,13 +170,18 @@ fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     r
 }
 
-async fn dispatch(sh: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn dispatch(
+    sh: &Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    conn: &Arc<Conn>,
+) -> Response<Body> {
     // Only the path is ever logged: query strings may carry tokens.
     tracing::debug!(method = %req.method(), path = req.uri().path(), %peer, "request");
     let path = req.uri().path().to_owned();
     let site = sh.origins.site(request_host(&req));
     match route(site, req.method(), &path) {
-        Route::Instance { id, rest } => proxy::handle(sh, id, rest, req, peer.ip()).await,
+        Route::Instance { id, rest } => proxy::handle(sh, id, rest, req, peer.ip(), conn).await,
         Route::InstanceBare(id) => {
             let mut loc = format!("/instances/{id}/");
             if let Some(q) = req.uri().query() {

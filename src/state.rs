@@ -150,6 +150,8 @@ pub struct Shared {
     pub upstream: UpstreamClient,
     /// Counts failed token checks per client address.
     pub auth_failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// A WebSocket tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Shared {
@@ -170,6 +172,7 @@ impl Shared {
             defaults,
             upstream,
             auth_failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            tunnel_idle_timeout: Duration::from_secs(600),
         }
     }
 

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by the API and the proxy: the body type, origins, the router, and
 //! responses.
 
+pub mod conns;
 pub mod events;
 pub mod origin;
 pub mod response;

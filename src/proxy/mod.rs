@@ -11,6 +11,7 @@ mod inject;
 mod pages;
 mod tunnel;
 
+use crate::http::conns::Conn;
 use crate::http::response::{error, with_header};
 use crate::http::{events, request_host, Body, BoxError};
 use crate::instance::{State, Upstream};
@@ -36,6 +37,7 @@ pub async fn handle(
     rest: &str,
     req: Request<Incoming>,
     peer: IpAddr,
+    conn: &Arc<Conn>,
 ) -> Response<Body> {
     let websocket = headers::is_websocket(req.headers());
     let source = Source::of(req.method(), req.headers(), websocket);
@@ -109,7 +111,7 @@ pub async fn handle(
         }
     };
     if websocket {
-        forward_upgrade(sh, inst, upstream, rest, req, peer).await
+        forward_upgrade(sh, inst, upstream, rest, req, peer, conn.clone()).await
     } else {
         forward(sh, &inst, upstream, rest, req, peer, source).await
     }
@@ -347,6 +349,7 @@ async fn forward_upgrade(
     rest: &str,
     mut req: Request<Incoming>,
     peer: IpAddr,
+    conn: Arc<Conn>,
 ) -> Response<Body> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let req = match upstream_request(upstream, inst.id.as_str(), rest, req, peer, true) {
@@ -368,10 +371,12 @@ async fn forward_upgrade(
         return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
-    let shutdown = sh.lifecycle.shutdown.clone();
+    let idle = sh.tunnel_idle_timeout;
     tokio::spawn(async move {
+        // The tunnel keeps its connection's place in the table, busy, until it ends.
+        let _busy = conn.info.busy();
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
-            Ok((c, u)) => tunnel::splice(c, u, inst, shutdown).await,
+            Ok((c, u)) => tunnel::splice(c, u, inst, conn.info.close.clone(), idle).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }
     });

@@ -206,7 +206,7 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    async fn connect(&self, alpn: &[u8]) -> TlsStream<TcpStream> {
+    pub async fn connect(&self, alpn: &[u8]) -> TlsStream<TcpStream> {
         let mut cfg = (*self.tls).clone();
         cfg.alpn_protocols = vec![alpn.to_vec()];
         let tcp = TcpStream::connect(self.addr).await.unwrap();

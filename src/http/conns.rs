@@ -1,0 +1,289 @@
+//! The table of open client connections: the total and per-client caps, which connections are
+//! idle (no request in flight), and closing them: the idle ones first when a cap is reached,
+//! any that stays idle past the idle timeout, all of them at shutdown.
+//!
+//! A connection's entry lives as long as its [`Conn`] handle; an upgraded (WebSocket) tunnel
+//! keeps a clone, so tunnels count against the caps and are never taken for idle.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_total: usize,
+    pub max_per_client: usize,
+    /// How long a connection with no request in flight stays open.
+    pub idle: Duration,
+}
+
+/// Who a connection counts against: its IPv4 address, or its IPv6 /64 (one host's share of
+/// addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(u128);
+
+impl ClientKey {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self(u32::from(v4) as u128),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(u32::from(v4) as u128),
+                None => Self((u128::from(v6) & !((1u128 << 64) - 1)) | 1),
+            },
+        }
+    }
+}
+
+/// What the table knows of one connection.
+pub struct ConnInfo {
+    client: ClientKey,
+    inflight: AtomicUsize,
+    /// Milliseconds since the table's epoch when the last request ended (or it opened).
+    last_ms: AtomicU64,
+    /// Cancelled to ask the connection to close (idle eviction, shutdown).
+    pub close: CancellationToken,
+    epoch: Instant,
+}
+
+impl ConnInfo {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// How long it has had nothing in flight; `None` while something is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = self.last_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(self.now_ms().saturating_sub(last)))
+    }
+}
+
+/// A request (or a tunnel) in flight on a connection.
+pub struct Busy(Arc<ConnInfo>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    next: u64,
+    open: HashMap<u64, Arc<ConnInfo>>,
+    per_client: HashMap<ClientKey, usize>,
+}
+
+impl Table {
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(info) = self.open.remove(&id) else {
+            return false;
+        };
+        if let Some(n) = self.per_client.get_mut(&info.client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&info.client);
+            }
+        }
+        true
+    }
+
+    /// Asks the longest-idle connection (of `client`, if given) to close and takes it out of
+    /// the counts at once, so its place is free while it finishes closing.
+    fn evict_idle(&mut self, client: Option<ClientKey>) -> bool {
+        let victim = self
+            .open
+            .iter()
+            .filter(|(_, c)| client.is_none_or(|k| c.client == k))
+            .filter_map(|(id, c)| c.idle_for().map(|idle| (*id, idle)))
+            .max_by_key(|(_, idle)| *idle);
+        let Some((id, _)) = victim else {
+            return false;
+        };
+        if let Some(info) = self.open.get(&id) {
+            info.close.cancel();
+        }
+        self.remove(id)
+    }
+}
+
+pub struct Conns {
+    limits: ConnLimits,
+    table: Mutex<Table>,
+    freed: Notify,
+    shutdown: CancellationToken,
+    epoch: Instant,
+}
+
+/// An open connection's place in the table, given back when the last clone drops.
+pub struct Conn {
+    conns: Arc<Conns>,
+    id: u64,
+    pub info: Arc<ConnInfo>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.conns.table().remove(self.id) {
+            self.conns.freed.notify_waiters();
+        }
+    }
+}
+
+impl Conns {
+    pub fn new(limits: ConnLimits, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            limits: ConnLimits {
+                max_total: limits.max_total.max(1),
+                max_per_client: limits.max_per_client.max(1),
+                ..limits
+            },
+            table: Mutex::new(Table::default()),
+            freed: Notify::new(),
+            shutdown,
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn limits(&self) -> ConnLimits {
+        self.limits
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // Every critical section leaves the table consistent, so a poisoned lock is usable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.table().open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A place for a new connection from `ip`. At the per-client cap the client's own idle
+    /// connection makes room, else the new one is refused (`None`); at the total cap the
+    /// longest-idle connection makes room, else this waits until one closes.
+    pub async fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Arc<Conn>> {
+        let client = ClientKey::of(ip);
+        loop {
+            let freed = self.freed.notified();
+            {
+                let mut t = self.table();
+                let mine = t.per_client.get(&client).copied().unwrap_or(0);
+                if mine >= self.limits.max_per_client && !t.evict_idle(Some(client)) {
+                    return None;
+                }
+                if t.open.len() < self.limits.max_total || t.evict_idle(None) {
+                    let id = t.next;
+                    t.next += 1;
+                    let info = Arc::new(ConnInfo {
+                        client,
+                        inflight: AtomicUsize::new(0),
+                        last_ms: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+                        close: self.shutdown.child_token(),
+                        epoch: self.epoch,
+                    });
+                    t.open.insert(id, info.clone());
+                    *t.per_client.entry(client).or_default() += 1;
+                    return Some(Arc::new(Conn {
+                        conns: self.clone(),
+                        id,
+                        info,
+                    }));
+                }
+            }
+            tokio::select! {
+                () = freed => {}
+                () = self.shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Waits until every connection has closed.
+    pub async fn drained(&self) {
+        loop {
+            let freed = self.freed.notified();
+            if self.is_empty() {
+                return;
+            }
+            freed.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_client: usize) -> ConnLimits {
+        ConnLimits {
+            max_total: total,
+            max_per_client: per_client,
+            idle: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn ipv6_counts_by_64_and_mapped_v4_as_v4() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ClientKey::of(a), ClientKey::of(b));
+        assert_ne!(ClientKey::of(a), ClientKey::of(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(ClientKey::of(v4), ClientKey::of(mapped));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_make_room_busy_ones_do_not() {
+        let conns = Conns::new(limits(2, 2), CancellationToken::new());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = conns.admit(ip).await.unwrap();
+        let b = conns.admit(ip).await.unwrap();
+        let _busy_b = b.info.busy();
+        // Another client at the total cap: A is idle, so it is asked to close and replaced.
+        let c = conns.admit("192.0.2.2".parse().unwrap()).await.unwrap();
+        assert!(a.info.close.is_cancelled());
+        assert!(!b.info.close.is_cancelled());
+        assert_eq!(conns.len(), 2);
+        drop(a);
+        assert_eq!(conns.len(), 2, "an evicted connection is not counted twice");
+        // B is busy and C belongs to someone else: the first client's third connection waits.
+        let _busy_c = c.info.busy();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), conns.admit(ip)).await;
+        assert!(waiting.is_err());
+        drop(_busy_c);
+        drop(c);
+        assert!(conns.admit(ip).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn one_client_is_held_to_its_share() {
+        let conns = Conns::new(limits(10, 1), CancellationToken::new());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = conns.admit(ip).await.unwrap();
+        let _busy = a.info.busy();
+        assert!(
+            conns.admit(ip).await.is_none(),
+            "no idle one of its own to replace"
+        );
+        assert!(conns.admit("192.0.2.2".parse().unwrap()).await.is_some());
+    }
+}
