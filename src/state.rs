@@ -1,17 +1,16 @@
 //! What every request handler shares: the lifecycle (and through it the registry and backend),
 //! the admin token, the origins, defaults, the upstream client and the auth rate limiter.
 
+use crate::http::guesses::{self, Guesses};
 use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults};
 use crate::lifecycle::Lifecycle;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -148,8 +147,8 @@ pub struct Shared {
     pub origins: Origins,
     pub defaults: SpecDefaults,
     pub upstream: UpstreamClient,
-    /// Counts failed token checks per client address.
-    pub auth_failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// Failed token checks per client.
+    pub guesses: Guesses,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
 }
@@ -163,21 +162,14 @@ impl Shared {
         auth_failures_per_minute: u32,
     ) -> Self {
         let upstream = UpstreamClient::default();
-        let per_minute =
-            NonZeroU32::new(auth_failures_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
             lifecycle,
             admin_token,
             origins,
             defaults,
             upstream,
-            auth_failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            guesses: Guesses::new(auth_failures_per_minute, guesses::TABLE_SIZE),
             tunnel_idle_timeout: Duration::from_secs(600),
         }
-    }
-
-    /// Records a failed token check; false once the address has failed too often.
-    pub fn auth_failure_allowed(&self, ip: IpAddr) -> bool {
-        self.auth_failures.check_key(&ip).is_ok()
     }
 }

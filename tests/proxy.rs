@@ -147,6 +147,14 @@ async fn missing_or_wrong_credentials_are_refused_then_rate_limited() {
     let r = s.send(get(None, false)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(body_json(r).await["error"], "unauthorized");
+    for _ in 0..10 {
+        let r = s.send(get(None, false)).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "no credential at all is not a guess"
+        );
+    }
     let r = s.send(get(Some(s.cookie(&other.token)), false)).await;
     assert_eq!(
         r.status(),
@@ -169,6 +177,15 @@ async fn missing_or_wrong_credentials_are_refused_then_rate_limited() {
     );
     let r = s.send(get(Some(s.cookie(&c.token)), false)).await;
     assert_eq!(r.status(), StatusCode::OK, "valid credentials still work");
+    let path = format!("/instances/{}/?tkn={}", c.id, c.token);
+    let r = s
+        .send(s.request(Method::GET, &path).body(Full::default()).unwrap())
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "a right token works from a throttled address"
+    );
 }
 
 #[tokio::test]

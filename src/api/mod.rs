@@ -60,8 +60,8 @@ pub async fn handle(
     }
 }
 
-/// Checks `Authorization: Bearer <admin token>` in constant time; repeated failures from one
-/// address are answered 429.
+/// Checks `Authorization: Bearer <admin token>` in constant time; repeated wrong tokens from
+/// one client are answered 429.
 fn authorize(sh: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Result<(), Response<Body>> {
     let presented = req
         .headers()
@@ -72,7 +72,8 @@ fn authorize(sh: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Result<(), R
     if presented.is_some_and(|t| sh.admin_token.matches(t.as_bytes())) {
         return Ok(());
     }
-    if !sh.auth_failure_allowed(peer) {
+    // Only a wrong token is a failure; asking without one is not a guess.
+    if presented.is_some() && !sh.guesses.failed(peer) {
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

@@ -34,12 +34,10 @@ pub enum Presented {
     Exchange,
     /// A valid cookie.
     Valid,
-    /// Wrong credentials; `any` is false when there were none at all.
-    Invalid { any: bool },
-    /// A wrong `tkn`, already counted against the client.
-    WrongToken,
-    /// A `tkn` guess from an address that has failed too often: refused unchecked.
-    Limited,
+    /// A wrong token or cookie: a failure that counts against the client.
+    Wrong,
+    /// No credential at all.
+    Nothing,
 }
 
 /// Finds the `tkn` parameter, the remaining query string without it.
@@ -59,20 +57,19 @@ pub fn split_tkn(query: Option<&str>) -> (Option<&str>, String) {
     (tkn, rest.join("&"))
 }
 
-/// Checks the request's credentials against the instance's token, in constant time.
+/// Checks the request's credentials against the instance's token (`None`: no such
+/// instance), in constant time.
 ///
 /// A `tkn` parameter is ours when it holds the token; VS Code puts an empty or unrelated `tkn`
 /// of its own on some resource URLs, and with a valid cookie those pass through untouched.
-/// A `tkn` without a valid cookie is an exchange attempt: `allow_attempt` is asked first (it
-/// counts attempts per client), so guesses are limited before they are checked.
 pub fn check(
-    inst: &Instance,
+    inst: Option<&Instance>,
     headers: &HeaderMap,
     query: Option<&str>,
     cookie: &str,
-    allow_attempt: impl FnOnce() -> bool,
 ) -> Presented {
     let tkn = split_tkn(query).0.filter(|t| !t.is_empty());
+    let matches = |v: &[u8]| inst.is_some_and(|i| i.token.matches(v));
     let mut cookie_seen = false;
     let mut cookie_ok = false;
     for value in headers.get_all(header::COOKIE) {
@@ -80,23 +77,16 @@ pub fn check(
         for c in Cookie::split_parse(s).flatten() {
             if c.name() == cookie {
                 cookie_seen = true;
-                cookie_ok |= inst.token.matches(c.value().as_bytes());
+                cookie_ok |= matches(c.value().as_bytes());
             }
         }
     }
     match tkn {
-        Some(t) if cookie_ok => {
-            if inst.token.matches(t.as_bytes()) {
-                Presented::Exchange
-            } else {
-                Presented::Valid
-            }
-        }
-        Some(_) if !allow_attempt() => Presented::Limited,
-        Some(t) if inst.token.matches(t.as_bytes()) => Presented::Exchange,
-        Some(_) => Presented::WrongToken,
-        None if cookie_ok => Presented::Valid,
-        None => Presented::Invalid { any: cookie_seen },
+        Some(t) if matches(t.as_bytes()) => Presented::Exchange,
+        _ if cookie_ok => Presented::Valid,
+        Some(_) => Presented::Wrong,
+        None if cookie_seen => Presented::Wrong,
+        None => Presented::Nothing,
     }
 }
 

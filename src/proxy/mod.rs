@@ -45,25 +45,14 @@ pub async fn handle(
     let inst = sh.lifecycle.registry.get_str(id);
     let host_routing = sh.origins.host_routing();
     let cookie = auth::cookie_name(host_routing);
-    let presented = match &inst {
-        Some(i) => auth::check(i, req.headers(), req.uri().query(), cookie, || {
-            sh.auth_failure_allowed(peer)
-        }),
-        None => Presented::Invalid { any: true },
-    };
+    let presented = auth::check(inst.as_deref(), req.headers(), req.uri().query(), cookie);
     let inst = match (inst, presented) {
         (Some(inst), Presented::Exchange) => return exchange(&inst, rest, req.uri(), host_routing),
         (Some(inst), Presented::Valid) => inst,
-        (_, Presented::Limited) => return too_many(),
-        (_, Presented::WrongToken) => return deny(navigation, true),
-        (_, Presented::Invalid { any }) => {
-            // Failures count too, so an address that keeps failing is slowed down.
-            if !sh.auth_failure_allowed(peer) {
-                return too_many();
-            }
-            return deny(navigation, any);
-        }
-        (None, _) => return deny(navigation, true),
+        (_, Presented::Nothing) => return deny(navigation, false),
+        // A wrong token or cookie counts against the client, so guessing is slowed down.
+        _ if !sh.guesses.failed(peer) => return too_many(),
+        _ => return deny(navigation, true),
     };
 
     if let Some(own) = rest.strip_prefix(pages::PREFIX) {
