@@ -3,7 +3,8 @@
 #   ./deploy.sh                      build, deploy, print URL and admin token
 #   ./deploy.sh --delete             remove everything except users' workspaces
 #   ./deploy.sh --delete --workspaces   remove the workspaces too
-# Environment: VOD_NAMESPACE (vscode-on-demand), VOD_HOST (vscode.local), VOD_IMAGE
+# Environment: VOD_NAMESPACE (vscode-on-demand: the proxy, its Secrets and Lease),
+# VOD_INSTANCE_NAMESPACE (vscode-instances: the instances), VOD_HOST (vscode.local), VOD_IMAGE
 # (vscode-on-demand:latest), VOD_CERT_DIR (certs), KUBECTL (kubectl), VOD_BIN (a built
 # vscode-on-demand; default: cargo build --release), VOD_SKIP_MINIKUBE=1 (use the current
 # context as is), VOD_SKIP_IMAGE=1 (the image is already in the cluster), VOD_SKIP_HOSTS=1
@@ -12,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 NS="${VOD_NAMESPACE:-vscode-on-demand}"
+INS="${VOD_INSTANCE_NAMESPACE:-vscode-instances}"
+[ "$NS" != "$INS" ] || { echo "deploy.sh: VOD_INSTANCE_NAMESPACE must differ from VOD_NAMESPACE" >&2; exit 1; }
 HOST="${VOD_HOST:-vscode.local}"
 IMAGE="${VOD_IMAGE:-vscode-on-demand:latest}"
 KUBECTL="${KUBECTL:-kubectl}"
@@ -21,13 +24,15 @@ CERTS="${VOD_CERT_DIR:-certs}"
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'deploy.sh: %s\n' "$*" >&2; exit 1; }
 k() { "$KUBECTL" -n "$NS" "$@"; }
+ki() { "$KUBECTL" -n "$INS" "$@"; }
 
 using_minikube() { [ "${VOD_SKIP_MINIKUBE:-0}" != 1 ] && command -v minikube >/dev/null 2>&1; }
 
 delete_all() {
   local workspaces=$1
   say "deleting instances (their Services, Secrets and config volumes go with them)"
-  k delete deployments -l app.kubernetes.io/managed-by=vscode-on-demand,app.kubernetes.io/component=instance --ignore-not-found --wait=true
+  ki delete deployments -l app.kubernetes.io/managed-by=vscode-on-demand,app.kubernetes.io/component=instance --ignore-not-found --wait=true
+  ki delete role,rolebinding,networkpolicy -l app.kubernetes.io/name=vscode-on-demand --ignore-not-found
   say "deleting the proxy"
   # By label rather than by file, so it works whichever PodDisruptionBudget version was applied.
   k delete deployment,service,serviceaccount,role,rolebinding,poddisruptionbudget,networkpolicy \
@@ -36,7 +41,7 @@ delete_all() {
   k delete lease vscode-on-demand-reaper --ignore-not-found
   if [ "$workspaces" = 1 ]; then
     say "deleting users' workspaces"
-    k delete pvc -l app.kubernetes.io/managed-by=vscode-on-demand,app.kubernetes.io/component=workspace --ignore-not-found
+    ki delete pvc -l app.kubernetes.io/managed-by=vscode-on-demand,app.kubernetes.io/component=workspace --ignore-not-found
   else
     say "users' workspaces are kept (pass --workspaces to delete them)"
   fi
@@ -69,8 +74,11 @@ fi
 say "certificate for ${HOST} (kept if ${CERTS} already has one)"
 "$BIN" cert --dir "$CERTS" --host "$HOST" --host localhost >&2
 
-say "namespace ${NS}"
+say "namespaces ${NS} (proxy) and ${INS} (instances)"
 "$KUBECTL" create namespace "$NS" --dry-run=client -o yaml | "$KUBECTL" apply -f - >&2
+# The instances' NetworkPolicy picks the proxy's namespace by this label, which clusters
+# before 1.21 do not set by themselves (later ones set the same value).
+"$KUBECTL" label namespace "$NS" "kubernetes.io/metadata.name=${NS}" --overwrite >&2
 
 say "TLS and admin-token Secrets"
 k create secret tls vscode-on-demand-tls --cert="$CERTS/server.crt" --key="$CERTS/server.key" \
@@ -102,7 +110,21 @@ fi
 say "applying manifests"
 manifests=$(mktemp -d)
 trap 'rm -rf "$manifests"' EXIT
+mkdir "$manifests/instances"
 cp manifests/*.yaml "$manifests/"
+cp manifests/instances/*.yaml "$manifests/instances/"
+# Namespace names as chosen, in the fields that name them.
+sed -i "s|vscode-instances|${INS}|g; s|namespace: vscode-on-demand\$|namespace: ${NS}|; s|kubernetes.io/metadata.name: vscode-on-demand\$|kubernetes.io/metadata.name: ${NS}|" \
+  "$manifests"/instances/*.yaml "$manifests/deployment.yaml"
+# Instances may not reach the API server: its Service address and the addresses behind it.
+api_ips=$({ "$KUBECTL" -n default get service kubernetes -o jsonpath='{.spec.clusterIP}'; echo
+  "$KUBECTL" -n default get endpoints kubernetes -o jsonpath='{range .subsets[*].addresses[*]}{.ip}{"\n"}{end}'
+} | grep -E '^[0-9]+(\.[0-9]+){3}$' | sort -u)
+for ip in $api_ips; do
+  sed -i "s|^\( *\)# API server addresses.*|&\n\1- ${ip}/32|" "$manifests/instances/networkpolicy.yaml"
+done
+"$KUBECTL" apply -f "$manifests/instances/namespace.yaml" >&2
+"$KUBECTL" apply -f "$manifests/instances/" >&2
 if ! "$KUBECTL" api-versions | grep -qx 'policy/v1'; then
   # Clusters older than 1.21 serve PodDisruptionBudgets only as v1beta1.
   sed -i 's|^apiVersion: policy/v1$|apiVersion: policy/v1beta1|' "$manifests/pdb.yaml"
@@ -115,7 +137,7 @@ k rollout status deployment/vscode-on-demand --timeout="$ROLLOUT_TIMEOUT" >&2
 
 token=$(k get secret vscode-on-demand-admin -o jsonpath='{.data.token}' | base64 -d)
 cat <<DONE
-vscode-on-demand is deployed in namespace ${NS}.
+vscode-on-demand is deployed in namespace ${NS}; instances run in ${INS}.
   URL:        https://${HOST}
   API token:  ${token}
   CA cert:    $(cd "$CERTS" && pwd)/ca.crt
