@@ -117,9 +117,11 @@ cp manifests/instances/*.yaml "$manifests/instances/"
 sed -i "s|vscode-instances|${INS}|g; s|namespace: vscode-on-demand\$|namespace: ${NS}|; s|kubernetes.io/metadata.name: vscode-on-demand\$|kubernetes.io/metadata.name: ${NS}|" \
   "$manifests"/instances/*.yaml "$manifests/deployment.yaml"
 # Instances may not reach the API server: its Service address and the addresses behind it.
-api_ips=$({ "$KUBECTL" -n default get service kubernetes -o jsonpath='{.spec.clusterIP}'; echo
-  "$KUBECTL" -n default get endpoints kubernetes -o jsonpath='{range .subsets[*].addresses[*]}{.ip}{"\n"}{end}'
-} | grep -E '^[0-9]+(\.[0-9]+){3}$' | sort -u)
+# Either can be missing (a control plane that does not publish its endpoints): whatever is found.
+api_ips=$({ "$KUBECTL" -n default get service kubernetes -o jsonpath='{.spec.clusterIP}' 2>/dev/null; echo
+  "$KUBECTL" -n default get endpoints kubernetes -o jsonpath='{range .subsets[*].addresses[*]}{.ip}{"\n"}{end}' 2>/dev/null
+} | grep -E '^[0-9]+(\.[0-9]+){3}$' | sort -u || true)
+[ -n "$api_ips" ] || say "warning: the API server's address was not found; instances are not kept from it"
 for ip in $api_ips; do
   sed -i "s|^\( *\)# API server addresses.*|&\n\1- ${ip}/32|" "$manifests/instances/networkpolicy.yaml"
 done

@@ -191,7 +191,13 @@ async fn pod_serves_only_the_proxy(cp: &ControlPlane, a: &Server, c: &Created, n
 }
 
 /// What the proxy's account may do, asked of the API server as that account.
-fn role_reach(cp: &ControlPlane, ns: &str, ins: &str, sa_kubeconfig: &std::path::Path) {
+fn role_reach(
+    cp: &ControlPlane,
+    ns: &str,
+    ins: &str,
+    sa_kubeconfig: &std::path::Path,
+    make_admin_secret: bool,
+) {
     let me = format!("--as=system:serviceaccount:{ns}:vscode-on-demand");
     // `pods/exec` names a subresource, which can-i takes as a flag.
     let can = |verb: &str, what: &str, in_ns: &str| {
@@ -234,15 +240,17 @@ fn role_reach(cp: &ControlPlane, ns: &str, ins: &str, sa_kubeconfig: &std::path:
         assert!(!can(verb, what, ins), "{verb} {what} among instances");
     }
     // As an attacker holding the account's token would try it.
-    cp.ok(&[
-        "-n",
-        ns,
-        "create",
-        "secret",
-        "generic",
-        "vscode-on-demand-admin",
-        "--from-literal=token=not-for-instances",
-    ]);
+    if make_admin_secret {
+        cp.ok(&[
+            "-n",
+            ns,
+            "create",
+            "secret",
+            "generic",
+            "vscode-on-demand-admin",
+            "--from-literal=token=not-for-instances",
+        ]);
+    }
     let out = cp.kubectl(&[
         "--kubeconfig",
         sa_kubeconfig.to_str().unwrap(),
@@ -256,6 +264,110 @@ fn role_reach(cp: &ControlPlane, ns: &str, ins: &str, sa_kubeconfig: &std::path:
     ]);
     assert!(!out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
+}
+
+/// What deploy.sh set up around the instances: their namespace under Pod Security
+/// `baseline`, the NetworkPolicy as applied, and the reach of the proxy's account.
+fn deployed_isolation(cp: &ControlPlane, tmp: &std::path::Path) {
+    let ins = cp.json(&["get", "namespace", "vod-deploy-instances"]);
+    assert_eq!(
+        ins["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "baseline"
+    );
+    let ns = cp.json(&["get", "namespace", "vod-deploy"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "vod-deploy"
+    );
+    let proxy = cp.json(&["-n", "vod-deploy", "get", "deployment", "vscode-on-demand"]);
+    let env = &proxy["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&json!({"name": "VOD_INSTANCE_NAMESPACE", "value": "vod-deploy-instances"})),
+        "{env}"
+    );
+
+    let np = cp.json(&[
+        "-n",
+        "vod-deploy-instances",
+        "get",
+        "networkpolicy",
+        "vscode-on-demand-instances",
+    ]);
+    let spec = &np["spec"];
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "instance"
+    );
+    let from = &spec["ingress"][0]["from"];
+    assert_eq!(
+        from.as_array().unwrap().len(),
+        1,
+        "one peer: both selectors at once"
+    );
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"],
+        json!({"kubernetes.io/metadata.name": "vod-deploy"})
+    );
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "proxy"
+    );
+    assert_eq!(
+        spec["ingress"][0]["ports"],
+        json!([{"port": 8000, "protocol": "TCP"}])
+    );
+    let block = spec["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|rule| rule["to"][0]["ipBlock"].as_object().cloned())
+        .expect("an ipBlock egress rule");
+    assert_eq!(block["cidr"], "0.0.0.0/0");
+    let except: Vec<&str> = block["except"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let api_ip = cp.ok(&[
+        "-n",
+        "default",
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    // The test control plane publishes no endpoints for it; a real one does.
+    let api_endpoint = cp.kubectl(&[
+        "-n",
+        "default",
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}",
+    ]);
+    let api_endpoint = String::from_utf8_lossy(&api_endpoint.stdout).into_owned();
+    let mut denied = vec!["169.254.169.254/32".to_owned(), format!("{api_ip}/32")];
+    if !api_endpoint.is_empty() {
+        denied.push(format!("{api_endpoint}/32"));
+    }
+    for cidr in denied {
+        assert!(except.contains(&cidr.as_str()), "{cidr} not in {except:?}");
+    }
+    let dns = &spec["egress"][0];
+    assert_eq!(
+        dns["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+        "kube-dns"
+    );
+
+    let sa =
+        cp.service_account_kubeconfig("vod-deploy", "vscode-on-demand", &tmp.join("deploy-sa"));
+    role_reach(cp, "vod-deploy", "vod-deploy-instances", &sa, false);
 }
 
 /// `manifests/` as deploy.sh applies them, with the namespaces renamed.
@@ -345,7 +457,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     ]);
     let sa_kc =
         cp.service_account_kubeconfig(NS, "vscode-on-demand", &tmp.path().join("sa.kubeconfig"));
-    role_reach(&cp, NS, INS, &sa_kc);
+    role_reach(&cp, NS, INS, &sa_kc, true);
     let denied = cp.kubectl(&[
         "--kubeconfig",
         sa_kc.to_str().unwrap(),
@@ -654,6 +766,7 @@ fn deploy(cp: &ControlPlane, certs: &std::path::Path, args: &[&str]) -> std::pro
         .env("PATH", path)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("VOD_NAMESPACE", "vod-deploy")
+        .env("VOD_INSTANCE_NAMESPACE", "vod-deploy-instances")
         .env("VOD_BIN", BIN)
         .env("VOD_CERT_DIR", certs)
         .env("VOD_SKIP_MINIKUBE", "1")
@@ -709,11 +822,11 @@ async fn deploy_sh_installs_the_proxy_and_removes_it_keeping_workspaces() {
         ("rolebinding", "vscode-on-demand"),
         ("service", "vscode-on-demand"),
         ("poddisruptionbudget", "vscode-on-demand"),
-        ("networkpolicy", "vscode-on-demand-instances"),
         ("secret", "vscode-on-demand-tls"),
     ] {
         assert!(cp.exists("vod-deploy", kind, name), "{kind}/{name}");
     }
+    deployed_isolation(&cp, tmp.path());
     // Each proxy pod answers over TLS with the deployed certificate.
     let pods = cp.json(&[
         "-n",
@@ -766,7 +879,13 @@ async fn deploy_sh_installs_the_proxy_and_removes_it_keeping_workspaces() {
     });
     let ws_file = tmp.path().join("ws.json");
     std::fs::write(&ws_file, ws.to_string()).unwrap();
-    cp.ok(&["-n", "vod-deploy", "apply", "-f", ws_file.to_str().unwrap()]);
+    cp.ok(&[
+        "-n",
+        "vod-deploy-instances",
+        "apply",
+        "-f",
+        ws_file.to_str().unwrap(),
+    ]);
 
     let del = deploy(&cp, &certs, &["--delete"]);
     assert!(
@@ -786,13 +905,21 @@ async fn deploy_sh_installs_the_proxy_and_removes_it_keeping_workspaces() {
         );
     }
     assert!(
-        cp.exists("vod-deploy", "pvc", "vsc-ws-someone"),
+        !cp.exists(
+            "vod-deploy-instances",
+            "networkpolicy",
+            "vscode-on-demand-instances"
+        ),
+        "the instance namespace's policy and Role go too"
+    );
+    assert!(
+        cp.exists("vod-deploy-instances", "pvc", "vsc-ws-someone"),
         "workspaces are kept"
     );
     let del = deploy(&cp, &certs, &["--delete", "--workspaces"]);
     assert!(del.status.success());
     assert!(
-        !cp.exists("vod-deploy", "pvc", "vsc-ws-someone"),
+        !cp.exists("vod-deploy-instances", "pvc", "vsc-ws-someone"),
         "and removed when asked"
     );
 }
