@@ -116,6 +116,11 @@ fn instance_certs(
 fn kube_settings(cfg: &ServeConfig) -> KubeSettings {
     KubeSettings {
         namespace: cfg.namespace.clone(),
+        instance_namespace: cfg
+            .instance_namespace
+            .clone()
+            .unwrap_or_else(|| cfg.namespace.clone()),
+        instance_uid: cfg.instance_uid,
         installer_image: cfg.installer_image.clone(),
         storage_class: cfg.storage_class.clone(),
         workspace_access_mode: cfg.workspace_access_mode.clone(),

@@ -193,9 +193,17 @@ pub struct ServeConfig {
     /// Failed token checks allowed per client address per minute before 429.
     #[arg(long, env = "VOD_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
     pub auth_failures_per_minute: u32,
-    /// Kubernetes namespace of the instances (kube backend).
+    /// Kubernetes namespace of this server: the reaper Lease lives here (kube backend).
     #[arg(long, env = "VOD_NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// Kubernetes namespace of the instances, apart from this server's own Secrets
+    /// [default: --namespace].
+    #[arg(long, env = "VOD_INSTANCE_NAMESPACE")]
+    pub instance_namespace: Option<String>,
+    /// User and group id the instance containers run as (never root); volumes are given to
+    /// this group.
+    #[arg(long, env = "VOD_INSTANCE_UID", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub instance_uid: u32,
     /// kubeconfig to use [default: in-cluster service account, else $KUBECONFIG or
     /// ~/.kube/config].
     #[arg(long, env = "VOD_KUBECONFIG")]

@@ -16,7 +16,9 @@ use support::vscode_cli::{fake_cli_tarball, update_service};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The proxy's namespace (its account, Role and Lease) and the instances'.
 const NS: &str = "vod-e2e";
+const INS: &str = "vod-e2e-instances";
 const INSTALLER: &str = "vscode-on-demand:test";
 
 fn proxy_args<'a>(kubeconfig: &'a str, download: &'a str) -> Vec<&'a str> {
@@ -27,6 +29,8 @@ fn proxy_args<'a>(kubeconfig: &'a str, download: &'a str) -> Vec<&'a str> {
         kubeconfig,
         "--namespace",
         NS,
+        "--instance-namespace",
+        INS,
         "--installer-image",
         INSTALLER,
         "--vscode-download-url",
@@ -40,9 +44,382 @@ fn proxy_args<'a>(kubeconfig: &'a str, download: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// The upstream secret of an instance, as the cluster admin reads it.
+fn upstream_token(cp: &ControlPlane, secret: &str) -> String {
+    cp.ok(&[
+        "-n",
+        INS,
+        "get",
+        "secret",
+        secret,
+        "-o",
+        r#"go-template={{index .data "upstream-token" | base64decode}}"#,
+    ])
+}
+
+/// `curl` straight to a pod, the way another pod on the cluster network would try it; returns
+/// the status code.
+fn direct(url: &str, headers: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The running instance `c` answers only requests that carry its upstream secret, which only
+/// the proxy adds: not the pod reached directly, with or without the user's own token, nor a
+/// WebSocket; and the secret never comes back to the browser. Its pod is confined.
+async fn pod_serves_only_the_proxy(cp: &ControlPlane, a: &Server, c: &Created, name: &str) {
+    let secret = upstream_token(cp, &format!("{name}-token"));
+    assert_eq!(secret.len(), 64, "256 bits, hex");
+    assert_ne!(secret, c.token, "not the user's access token");
+    let pods = cp.json(&[
+        "-n",
+        INS,
+        "get",
+        "pods",
+        "-l",
+        &format!("vscode-on-demand.io/instance={}", c.id),
+    ]);
+    let ip = pods["items"][0]["status"]["podIP"].as_str().unwrap();
+    let url = format!("http://{ip}:8000/instances/{}/small", c.id);
+    let ws = [
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let ws_url = format!("http://{ip}:8000/instances/{}/ws", c.id);
+    let user_cookie = format!("Cookie: vod_tkn={}", c.token);
+    assert_eq!(direct(&url, &[]), "403", "no secret");
+    assert_eq!(direct(&url, &[&user_cookie]), "403", "the user's token");
+    assert_eq!(
+        direct(&format!("{url}?tkn={}", c.token), &[]),
+        "403",
+        "the user's token as tkn"
+    );
+    assert_eq!(
+        direct(&url, &["Cookie: vscode-tkn=00000000000000000000"]),
+        "403",
+        "VS Code's placeholder token"
+    );
+    assert_eq!(
+        direct(&ws_url, &ws),
+        "403",
+        "a WebSocket without the secret"
+    );
+    let with_secret = format!("Cookie: vscode-tkn={secret}");
+    assert_eq!(
+        direct(&url, &[&with_secret]),
+        "200",
+        "the secret is what opens it"
+    );
+
+    // Through the proxy: the instance sees the secret, never the client's choice of it.
+    let req = a
+        .request(Method::GET, &format!("/instances/{}/echo/secret", c.id))
+        .header(
+            "cookie",
+            format!("vscode-tkn=guess; {}; theme=dark", a.cookie(&c.token)),
+        )
+        .body(Default::default())
+        .unwrap();
+    let v = body_json(a.send(req).await).await;
+    assert_eq!(
+        v["headers"]["cookie"],
+        format!("vscode-tkn={secret}; theme=dark")
+    );
+    // An instance that hands out its cookie (VS Code does for a valid ?tkn=) does not reach
+    // the browser with it.
+    let r = a
+        .fetch(c, Method::GET, &format!("/small?tkn={secret}"), "")
+        .await;
+    let set_cookies: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        set_cookies.iter().all(|c| !c.contains(&secret)),
+        "{set_cookies:?}"
+    );
+    assert_eq!(body_text(r).await, "hello");
+    // VS Code's page repeats the token inside its WebSocket protocol, reading it from the
+    // cookie: page loads get it, for the instance's own origin only, and never from the pod.
+    let r = a.visit(c, "/").await;
+    let page: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        page,
+        [format!(
+            "vscode-tkn={secret}; Path=/; Secure; SameSite=Strict"
+        )],
+        "one host-only cookie for the instance's page"
+    );
+
+    // As applied: non-root, no capabilities, no escalation, RuntimeDefault seccomp.
+    let d = cp.json(&["-n", INS, "get", "deployment", name]);
+    let pod = &d["spec"]["template"]["spec"];
+    let psc = &pod["securityContext"];
+    assert_eq!(
+        (
+            &psc["runAsNonRoot"],
+            &psc["runAsUser"],
+            &psc["runAsGroup"],
+            &psc["fsGroup"]
+        ),
+        (&json!(true), &json!(1000), &json!(1000), &json!(1000)),
+        "{psc}"
+    );
+    assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
+    for ctr in [&pod["initContainers"][0], &pod["containers"][0]] {
+        let sc = &ctr["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{ctr}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{ctr}");
+        assert!(!sc.to_string().contains(&secret));
+    }
+    assert!(
+        !d.to_string().contains(&secret),
+        "the secret is not in the Deployment"
+    );
+    let log = std::fs::read_to_string(a.data_dir.with_extension("server.log")).unwrap();
+    assert!(
+        log.contains(&c.id),
+        "the proxy's log is where it was expected"
+    );
+    assert!(!log.contains(&secret), "the secret is never logged");
+}
+
+/// What the proxy's account may do, asked of the API server as that account.
+fn role_reach(
+    cp: &ControlPlane,
+    ns: &str,
+    ins: &str,
+    sa_kubeconfig: &std::path::Path,
+    make_admin_secret: bool,
+) {
+    let me = format!("--as=system:serviceaccount:{ns}:vscode-on-demand");
+    // `pods/exec` names a subresource, which can-i takes as a flag.
+    let can = |verb: &str, what: &str, in_ns: &str| {
+        let mut args = vec!["auth", "can-i", verb, "-n", in_ns, &me];
+        match what.split_once('/') {
+            Some((res, sub @ ("exec" | "log"))) => args.extend([res, "--subresource", sub]),
+            _ => args.push(what),
+        }
+        let out = cp.kubectl(&args);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for (verb, what) in [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("get", "secrets/vscode-on-demand-admin"),
+        ("get", "secrets/vscode-on-demand-tls"),
+        ("get", "pods"),
+        ("list", "deployments"),
+        ("get", "configmaps"),
+        ("create", "pods/exec"),
+    ] {
+        assert!(!can(verb, what, ns), "{verb} {what} in its own namespace");
+    }
+    assert!(can("get", "leases/vscode-on-demand-reaper", ns));
+    for (verb, what) in [
+        ("create", "deployments"),
+        ("watch", "deployments"),
+        ("delete", "deployments"),
+        ("get", "secrets"),
+        ("create", "secrets"),
+        ("watch", "pods"),
+    ] {
+        assert!(can(verb, what, ins), "{verb} {what} among instances");
+    }
+    for (verb, what) in [
+        ("create", "pods/exec"),
+        ("get", "pods/log"),
+        ("create", "pods"),
+    ] {
+        assert!(!can(verb, what, ins), "{verb} {what} among instances");
+    }
+    // As an attacker holding the account's token would try it.
+    if make_admin_secret {
+        cp.ok(&[
+            "-n",
+            ns,
+            "create",
+            "secret",
+            "generic",
+            "vscode-on-demand-admin",
+            "--from-literal=token=not-for-instances",
+        ]);
+    }
+    let out = cp.kubectl(&[
+        "--kubeconfig",
+        sa_kubeconfig.to_str().unwrap(),
+        "-n",
+        ns,
+        "get",
+        "secret",
+        "vscode-on-demand-admin",
+        "-o",
+        "json",
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
+}
+
+/// What deploy.sh set up around the instances: their namespace under Pod Security
+/// `baseline`, the NetworkPolicy as applied, and the reach of the proxy's account.
+fn deployed_isolation(cp: &ControlPlane, tmp: &std::path::Path) {
+    let ins = cp.json(&["get", "namespace", "vod-deploy-instances"]);
+    assert_eq!(
+        ins["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "baseline"
+    );
+    let ns = cp.json(&["get", "namespace", "vod-deploy"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "vod-deploy"
+    );
+    let proxy = cp.json(&["-n", "vod-deploy", "get", "deployment", "vscode-on-demand"]);
+    let env = &proxy["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&json!({"name": "VOD_INSTANCE_NAMESPACE", "value": "vod-deploy-instances"})),
+        "{env}"
+    );
+
+    let np = cp.json(&[
+        "-n",
+        "vod-deploy-instances",
+        "get",
+        "networkpolicy",
+        "vscode-on-demand-instances",
+    ]);
+    let spec = &np["spec"];
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "instance"
+    );
+    let from = &spec["ingress"][0]["from"];
+    assert_eq!(
+        from.as_array().unwrap().len(),
+        1,
+        "one peer: both selectors at once"
+    );
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"],
+        json!({"kubernetes.io/metadata.name": "vod-deploy"})
+    );
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "proxy"
+    );
+    assert_eq!(
+        spec["ingress"][0]["ports"],
+        json!([{"port": 8000, "protocol": "TCP"}])
+    );
+    let block = spec["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|rule| rule["to"][0]["ipBlock"].as_object().cloned())
+        .expect("an ipBlock egress rule");
+    assert_eq!(block["cidr"], "0.0.0.0/0");
+    let except: Vec<&str> = block["except"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let api_ip = cp.ok(&[
+        "-n",
+        "default",
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    // The test control plane publishes no endpoints for it; a real one does.
+    let api_endpoint = cp.kubectl(&[
+        "-n",
+        "default",
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}",
+    ]);
+    let api_endpoint = String::from_utf8_lossy(&api_endpoint.stdout).into_owned();
+    let mut denied = vec!["169.254.169.254/32".to_owned(), format!("{api_ip}/32")];
+    if !api_endpoint.is_empty() {
+        denied.push(format!("{api_endpoint}/32"));
+    }
+    for cidr in denied {
+        assert!(except.contains(&cidr.as_str()), "{cidr} not in {except:?}");
+    }
+    let dns = &spec["egress"][0];
+    assert_eq!(
+        dns["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+        "kube-dns"
+    );
+
+    let sa =
+        cp.service_account_kubeconfig("vod-deploy", "vscode-on-demand", &tmp.join("deploy-sa"));
+    role_reach(cp, "vod-deploy", "vod-deploy-instances", &sa, false);
+}
+
+/// `manifests/` as deploy.sh applies them, with the namespaces renamed.
+fn render_manifests(
+    dst: &std::path::Path,
+    proxy_ns: &str,
+    instance_ns: &str,
+) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    for sub in ["", "instances"] {
+        std::fs::create_dir_all(dst.join(sub)).unwrap();
+        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("vscode-instances", instance_ns)
+                .replace(
+                    "namespace: vscode-on-demand\n",
+                    &format!("namespace: {proxy_ns}\n"),
+                )
+                .replace(
+                    "kubernetes.io/metadata.name: vscode-on-demand\n",
+                    &format!("kubernetes.io/metadata.name: {proxy_ns}\n"),
+                );
+            std::fs::write(dst.join(sub).join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    dst.to_owned()
+}
+
 /// What the cluster, the kubelet and the proxies said, for a failed assertion.
 fn diagnose(cp: &ControlPlane, tmp: &std::path::Path) -> String {
-    diagnose_ns(cp, NS, tmp)
+    diagnose_ns(cp, INS, tmp)
 }
 
 fn diagnose_ns(cp: &ControlPlane, ns: &str, tmp: &std::path::Path) -> String {
@@ -73,16 +450,30 @@ fn diagnose_ns(cp: &ControlPlane, ns: &str, tmp: &std::path::Path) -> String {
 async fn instances_are_deployments_scaled_between_zero_and_one() {
     let tmp = tempdir();
     let cp = ControlPlane::start(&tmp.path().join("cp"));
+    let manifests = render_manifests(&tmp.path().join("manifests"), NS, INS);
     cp.ok(&["create", "namespace", NS]);
+    cp.ok(&[
+        "label",
+        "namespace",
+        NS,
+        &format!("kubernetes.io/metadata.name={NS}"),
+    ]);
+    cp.ok(&[
+        "apply",
+        "-f",
+        manifests.join("instances/namespace.yaml").to_str().unwrap(),
+    ]);
+    cp.ok(&["apply", "-f", manifests.join("instances").to_str().unwrap()]);
     cp.ok(&[
         "-n",
         NS,
         "apply",
         "-f",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/rbac.yaml"),
+        manifests.join("rbac.yaml").to_str().unwrap(),
     ]);
     let sa_kc =
         cp.service_account_kubeconfig(NS, "vscode-on-demand", &tmp.path().join("sa.kubeconfig"));
+    role_reach(&cp, NS, INS, &sa_kc, true);
     let denied = cp.kubectl(&[
         "--kubeconfig",
         sa_kc.to_str().unwrap(),
@@ -117,7 +508,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         .create(json!({"user_id": "kuser", "storage_size": "1Gi"}))
         .await;
     let name = format!("vsc-{}", c.id);
-    let d = cp.json(&["-n", NS, "get", "deployment", &name]);
+    let d = cp.json(&["-n", INS, "get", "deployment", &name]);
     assert_eq!(d["spec"]["replicas"], 0, "created stopped");
     assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
     assert_eq!(
@@ -131,7 +522,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         ("secret", format!("{name}-token")),
         ("pvc", format!("{name}-config")),
     ] {
-        let o = cp.json(&["-n", NS, "get", kind, &obj]);
+        let o = cp.json(&["-n", INS, "get", kind, &obj]);
         assert_eq!(
             o["metadata"]["ownerReferences"][0]["uid"],
             uid.as_str(),
@@ -144,7 +535,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     }
     let token = cp.ok(&[
         "-n",
-        NS,
+        INS,
         "get",
         "secret",
         &format!("{name}-token"),
@@ -152,7 +543,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         "go-template={{.data.token | base64decode}}",
     ]);
     assert_eq!(token, c.token, "the token lives in a Secret");
-    let ws = cp.json(&["-n", NS, "get", "pvc", "vsc-ws-kuser"]);
+    let ws = cp.json(&["-n", INS, "get", "pvc", "vsc-ws-kuser"]);
     assert!(
         ws["metadata"]["ownerReferences"].is_null(),
         "nothing owns the workspace"
@@ -160,7 +551,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     assert_eq!(ws["spec"]["resources"]["requests"]["storage"], "1Gi");
     let cms = cp.json(&[
         "-n",
-        NS,
+        INS,
         "get",
         "configmaps",
         "-l",
@@ -178,7 +569,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         "serve-web keeps the base path"
     );
     assert_eq!(
-        cp.json(&["-n", NS, "get", "deployment", &name])["spec"]["replicas"],
+        cp.json(&["-n", INS, "get", "deployment", &name])["spec"]["replicas"],
         1
     );
     assert_eq!(downloads.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -203,10 +594,11 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        std::fs::read_to_string(kubelet.claim_dir(NS, "vsc-ws-kuser").join("k.txt")).unwrap(),
+        std::fs::read_to_string(kubelet.claim_dir(INS, "vsc-ws-kuser").join("k.txt")).unwrap(),
         "persisted",
         "the file is on the workspace volume"
     );
+    pod_serves_only_the_proxy(&cp, &a, &c, &name).await;
 
     // A second replica serves the same instance at once, from the cluster's state alone.
     let data_b = tmp.path().join("proxy-b");
@@ -223,12 +615,12 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     cp.wait(
         "the idle instance to scale to zero",
         Duration::from_secs(40),
-        || cp.json(&["-n", NS, "get", "deployment", &name])["spec"]["replicas"] == 0,
+        || cp.json(&["-n", INS, "get", "deployment", &name])["spec"]["replicas"] == 0,
     );
     cp.wait("the pod to go away", Duration::from_secs(30), || {
         cp.json(&[
             "-n",
-            NS,
+            INS,
             "get",
             "pods",
             "-l",
@@ -262,7 +654,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     let r = a.fetch(&c, Method::GET, "/small", "").await;
     assert_eq!(body_text(r).await, "hello");
     assert_eq!(
-        cp.json(&["-n", NS, "get", "deployment", &name])["spec"]["replicas"],
+        cp.json(&["-n", INS, "get", "deployment", &name])["spec"]["replicas"],
         1,
         "a proxy restart does not stop instances"
     );
@@ -276,13 +668,13 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         "owned objects to be collected",
         Duration::from_secs(60),
         || {
-            !cp.exists(NS, "deployment", &name)
-                && !cp.exists(NS, "service", &name)
-                && !cp.exists(NS, "secret", &format!("{name}-token"))
-                && !cp.exists(NS, "pvc", &format!("{name}-config"))
+            !cp.exists(INS, "deployment", &name)
+                && !cp.exists(INS, "service", &name)
+                && !cp.exists(INS, "secret", &format!("{name}-token"))
+                && !cp.exists(INS, "pvc", &format!("{name}-config"))
         },
     );
-    assert!(cp.exists(NS, "pvc", "vsc-ws-kuser"), "the workspace stays");
+    assert!(cp.exists(INS, "pvc", "vsc-ws-kuser"), "the workspace stays");
     b.wait_state(&c.id, "?", Duration::from_secs(10)).await;
 
     // The API server goes away for a while: open sessions keep working, starts fail fast with
@@ -345,15 +737,30 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     );
     drop(open);
 
-    let dry = cp.kubectl(&[
+    // An instance from before upstream secrets (its Secret has none) gets one on its next start.
+    let old = a.create(json!({"user_id": "legacy"})).await;
+    let old_secret = format!("vsc-{}-token", old.id);
+    cp.ok(&[
         "-n",
-        NS,
-        "apply",
-        "--dry-run=server",
-        "-f",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/"),
+        INS,
+        "patch",
+        "secret",
+        &old_secret,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/data/upstream-token"}]"#,
     ]);
-    let stderr = String::from_utf8_lossy(&dry.stderr);
+    let r = a.fetch(&old, Method::GET, "/small", "").await;
+    assert_eq!(body_text(r).await, "hello", "{}", diagnose(&cp, tmp.path()));
+    assert_eq!(upstream_token(&cp, &old_secret).len(), 64);
+
+    // The proxy's manifests go to its namespace; the instance ones name theirs.
+    let dry = |ns: &[&str], dir: &std::path::Path| {
+        let mut args = ns.to_vec();
+        args.extend(["apply", "--dry-run=server", "-f", dir.to_str().unwrap()]);
+        String::from_utf8_lossy(&cp.kubectl(&args).stderr).into_owned()
+    };
+    let stderr = dry(&["-n", NS], &manifests) + &dry(&[], &manifests.join("instances"));
     // 1.20 predates policy/v1 (deploy.sh rewrites it there); everything else must pass as is.
     let other_errors: Vec<_> = stderr
         .lines()
@@ -364,6 +771,15 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
 
 /// Runs `deploy.sh` against the test cluster, as an operator would with the current context.
 fn deploy(cp: &ControlPlane, certs: &std::path::Path, args: &[&str]) -> std::process::Output {
+    deploy_with(cp, certs, args, &[])
+}
+
+fn deploy_with(
+    cp: &ControlPlane,
+    certs: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let path = format!(
         "{}:{}",
         cp.bin.display(),
@@ -375,12 +791,14 @@ fn deploy(cp: &ControlPlane, certs: &std::path::Path, args: &[&str]) -> std::pro
         .env("PATH", path)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("VOD_NAMESPACE", "vod-deploy")
+        .env("VOD_INSTANCE_NAMESPACE", "vod-deploy-instances")
         .env("VOD_BIN", BIN)
         .env("VOD_CERT_DIR", certs)
         .env("VOD_SKIP_MINIKUBE", "1")
         .env("VOD_SKIP_IMAGE", "1")
         .env("VOD_SKIP_HOSTS", "1")
         .env("VOD_ROLLOUT_TIMEOUT", "120s")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -430,11 +848,11 @@ async fn deploy_sh_installs_the_proxy_and_removes_it_keeping_workspaces() {
         ("rolebinding", "vscode-on-demand"),
         ("service", "vscode-on-demand"),
         ("poddisruptionbudget", "vscode-on-demand"),
-        ("networkpolicy", "vscode-on-demand-instances"),
         ("secret", "vscode-on-demand-tls"),
     ] {
         assert!(cp.exists("vod-deploy", kind, name), "{kind}/{name}");
     }
+    deployed_isolation(&cp, tmp.path());
     // Each proxy pod answers over TLS with the deployed certificate.
     let pods = cp.json(&[
         "-n",
@@ -479,6 +897,44 @@ async fn deploy_sh_installs_the_proxy_and_removes_it_keeping_workspaces() {
     ]);
     assert_eq!(token, token_again, "the admin token is kept");
 
+    // Host routing: the proxies roll out with it and a wildcard certificate for the instances.
+    let host = deploy_with(&cp, &certs, &[], &[("VOD_ROUTING", "host")]);
+    assert!(
+        host.status.success(),
+        "deploy with host routing: {}",
+        String::from_utf8_lossy(&host.stderr)
+    );
+    let args = cp.ok(&[
+        "-n",
+        "vod-deploy",
+        "get",
+        "deployment",
+        "vscode-on-demand",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].args}",
+    ]);
+    assert!(args.contains("--routing=host"), "{args}");
+    let cert = cp.ok(&[
+        "-n",
+        "vod-deploy",
+        "get",
+        "secret",
+        "vscode-on-demand-tls",
+        "-o",
+        "go-template={{index .data \"tls.crt\" | base64decode}}",
+    ]);
+    let pem = tmp.path().join("tls.crt");
+    std::fs::write(&pem, cert).unwrap();
+    let san = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&san.stdout).contains("DNS:*.vscode.local"),
+        "{san:?}"
+    );
+
     let ws = serde_json::json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": { "name": "vsc-ws-someone", "labels": {
@@ -487,7 +943,13 @@ async fn deploy_sh_installs_the_proxy_and_removes_it_keeping_workspaces() {
     });
     let ws_file = tmp.path().join("ws.json");
     std::fs::write(&ws_file, ws.to_string()).unwrap();
-    cp.ok(&["-n", "vod-deploy", "apply", "-f", ws_file.to_str().unwrap()]);
+    cp.ok(&[
+        "-n",
+        "vod-deploy-instances",
+        "apply",
+        "-f",
+        ws_file.to_str().unwrap(),
+    ]);
 
     let del = deploy(&cp, &certs, &["--delete"]);
     assert!(
@@ -507,13 +969,21 @@ async fn deploy_sh_installs_the_proxy_and_removes_it_keeping_workspaces() {
         );
     }
     assert!(
-        cp.exists("vod-deploy", "pvc", "vsc-ws-someone"),
+        !cp.exists(
+            "vod-deploy-instances",
+            "networkpolicy",
+            "vscode-on-demand-instances"
+        ),
+        "the instance namespace's policy and Role go too"
+    );
+    assert!(
+        cp.exists("vod-deploy-instances", "pvc", "vsc-ws-someone"),
         "workspaces are kept"
     );
     let del = deploy(&cp, &certs, &["--delete", "--workspaces"]);
     assert!(del.status.success());
     assert!(
-        !cp.exists("vod-deploy", "pvc", "vsc-ws-someone"),
+        !cp.exists("vod-deploy-instances", "pvc", "vsc-ws-someone"),
         "and removed when asked"
     );
 }

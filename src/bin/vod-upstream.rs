@@ -5,6 +5,12 @@
 //! Routes are matched on the end of the request path (or, for `/echo`, anywhere in it), so the
 //! server answers the same way whatever prefix the proxy keeps in front of the path. `/doc` is
 //! an HTML document (gzipped when accepted); other unknown paths get a small HTML page.
+//!
+//! With `--connection-token` (or `--connection-token-file`) it checks requests the way VS
+//! Code's server does: the token in a `tkn` query parameter or the `vscode-tkn` cookie, else
+//! 403, except `/version`; a valid `tkn` is answered with a `vscode-tkn` cookie. VS Code checks
+//! WebSockets inside its own protocol; this server checks the handshake instead, which is what
+//! a client without the token runs into either way.
 
 use std::{
     convert::Infallible,
@@ -60,6 +66,71 @@ struct Args {
     /// Directory served by `/workspace-file`.
     #[arg(long)]
     workspace: Option<PathBuf>,
+    /// Token every request must carry (as VS Code's `--connection-token`).
+    #[arg(long, conflicts_with = "connection_token_file")]
+    connection_token: Option<String>,
+    /// File holding the token (as VS Code's `--connection-token-file`).
+    #[arg(long)]
+    connection_token_file: Option<PathBuf>,
+}
+
+/// The connection token, if any: from the flag, or the file without its final newline.
+fn connection_token(args: &Args) -> anyhow::Result<Option<Arc<str>>> {
+    let token = match (&args.connection_token, &args.connection_token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the connection token file {}", path.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    let valid = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    anyhow::ensure!(
+        valid,
+        "the connection token may only hold 0-9, a-z, A-Z, _ and -"
+    );
+    Ok(Some(token.into()))
+}
+
+/// How a request stands against the connection token.
+enum Access {
+    Allowed,
+    /// A valid `tkn`, which VS Code answers with its cookie.
+    AllowedByQuery,
+    Forbidden,
+}
+
+fn access(req: &Request<Incoming>, token: Option<&str>) -> Access {
+    let Some(token) = token else {
+        return Access::Allowed;
+    };
+    if req.uri().path().ends_with("/version") {
+        return Access::Allowed;
+    }
+    let query = req.uri().query().unwrap_or("");
+    if query
+        .split('&')
+        .any(|kv| kv.strip_prefix("tkn=") == Some(token))
+    {
+        return Access::AllowedByQuery;
+    }
+    let cookie_ok = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(';'))
+        // VS Code's cookie parser keeps the first of two equal names.
+        .find_map(|kv| kv.trim().strip_prefix("vscode-tkn="))
+        .is_some_and(|v| v == token);
+    if cookie_ok {
+        Access::Allowed
+    } else {
+        Access::Forbidden
+    }
 }
 
 #[tokio::main]
@@ -89,6 +160,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind((args.host, args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let token = connection_token(&args)?;
     let workspace = Arc::new(args.workspace);
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -102,11 +174,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (builder, workspace) = (builder.clone(), workspace.clone());
+        let (builder, workspace, token) = (builder.clone(), workspace.clone(), token.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let workspace = workspace.clone();
-                async move { Ok::<_, Infallible>(handle(req, workspace.as_deref()).await) }
+                let (workspace, token) = (workspace.clone(), token.clone());
+                async move {
+                    let response = match access(&req, token.as_deref()) {
+                        Access::Forbidden => text(StatusCode::FORBIDDEN, "Forbidden."),
+                        Access::Allowed => handle(req, workspace.as_deref()).await,
+                        Access::AllowedByQuery => {
+                            let mut r = handle(req, workspace.as_deref()).await;
+                            let cookie = format!(
+                                "vscode-tkn={}; SameSite=Lax; Max-Age=604800",
+                                token.as_deref().unwrap_or_default()
+                            );
+                            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                                r.headers_mut().append(header::SET_COOKIE, v);
+                            }
+                            r
+                        }
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             // Connection errors are the client's business (resets, aborted uploads).
             let _ = builder

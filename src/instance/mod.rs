@@ -9,6 +9,7 @@ use checks::{cpu, image_ref, memory, vscode_version};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest `user_id` accepted: leaves room for `-<8 hex>` and resource-name suffixes inside
 /// Kubernetes' 63-character label limit.
@@ -342,12 +343,25 @@ impl fmt::Debug for AccessToken {
     }
 }
 
-/// Where a running instance serves, and whether it expects the `/instances/<id>` prefix
-/// removed from request paths (code-server serves at `/`; `code serve-web` takes a base path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a running instance serves, whether it expects the `/instances/<id>` prefix removed
+/// from request paths (code-server serves at `/`; `code serve-web` takes a base path), and the
+/// secret the instance requires on every request, which only the proxy knows (kube pods are on
+/// a network others share; local instances serve on sockets only this server can open).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub addr: std::net::SocketAddr,
     pub strip_prefix: bool,
+    pub secret: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("strip_prefix", &self.strip_prefix)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The durable facts about an instance, as a backend stores them.

@@ -85,11 +85,12 @@ impl Lifecycle {
         match result {
             Ok(started) => {
                 let upstream = started.upstream;
+                let addr = upstream.addr;
                 let still_wanted = inst.update(|s| {
                     if s.state == State::Starting {
                         s.state = State::Running;
                         s.message = "ready".into();
-                        s.upstream = Some(upstream);
+                        s.upstream = Some(upstream.clone());
                         s.stop_reason = None;
                         true
                     } else {
@@ -102,7 +103,7 @@ impl Lifecycle {
                     return;
                 }
                 inst.touch();
-                tracing::info!(instance = %inst.id, addr = %upstream.addr, "running");
+                tracing::info!(instance = %inst.id, %addr, "running");
                 if let Some(exited) = started.exited {
                     self.watch_exit(inst, exited);
                 }
@@ -295,7 +296,9 @@ impl Lifecycle {
             Observed::Lost { id, addr } => {
                 if let Some(inst) = self.registry.get(&id) {
                     let lost = inst.update(|s| {
-                        if s.state == State::Running && s.upstream.is_some_and(|u| u.addr == addr) {
+                        if s.state == State::Running
+                            && s.upstream.as_ref().is_some_and(|u| u.addr == addr)
+                        {
                             s.state = State::Stopped;
                             s.upstream = None;
                             s.message = "its pod went away".into();

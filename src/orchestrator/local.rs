@@ -253,6 +253,7 @@ impl Orchestrator for Local {
             upstream: Upstream {
                 addr: ([127, 0, 0, 1], port).into(),
                 strip_prefix: launch.strip_prefix,
+                secret: None,
             },
             exited: Some(exit_rx),
         })

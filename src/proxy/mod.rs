@@ -9,6 +9,7 @@ mod auth;
 mod headers;
 mod inject;
 mod pages;
+mod secret;
 mod tunnel;
 
 use crate::http::conns::Conn;
@@ -214,7 +215,7 @@ fn exchange(inst: &Instance, rest: &str, uri: &Uri, host_routing: bool) -> Respo
 
 /// Builds the request the instance sees.
 fn upstream_request(
-    upstream: Upstream,
+    upstream: &Upstream,
     id: &str,
     rest: &str,
     req: Request<Incoming>,
@@ -247,6 +248,9 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     auth::strip_cookie(&mut parts.headers);
+    if let Some(secret) = &upstream.secret {
+        secret::add(&mut parts.headers, secret);
+    }
     headers::set_forwarded(&mut parts.headers, peer, host.as_ref());
     // The instance sees the host the browser used, so its own origin checks agree with ours.
     if let Some(h) = host {
@@ -294,7 +298,7 @@ async fn forward(
     // does not.
     let guard = source.is_activity().then(|| inst.activity());
     let script_tag = (source == Source::Navigation).then(|| activity::script_tag(inst.id.as_str()));
-    let mut req = match upstream_request(upstream, inst.id.as_str(), rest, req, peer, false) {
+    let mut req = match upstream_request(&upstream, inst.id.as_str(), rest, req, peer, false) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -313,6 +317,17 @@ async fn forward(
         inst.id.as_str(),
         sh.origins.host_routing(),
     );
+    if let Some(secret) = &upstream.secret {
+        secret::strip_set_cookie(&mut parts.headers);
+        // VS Code's page reads the connection token from this cookie and sends it again inside
+        // its WebSocket protocol, so the page of the instance must have it.
+        if source == Source::Navigation {
+            parts.headers.append(
+                header::SET_COOKIE,
+                secret::page_cookie(secret, inst.id.as_str(), sh.origins.host_routing()),
+            );
+        }
+    }
     let body = match script_tag {
         Some(tag) if inject::wanted(&parts) => match inject::page(&mut parts, body, &tag).await {
             Ok(b) => b,
@@ -341,7 +356,7 @@ async fn forward_upgrade(
     conn: Arc<Conn>,
 ) -> Response<Body> {
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let req = match upstream_request(upstream, inst.id.as_str(), rest, req, peer, true) {
+    let req = match upstream_request(&upstream, inst.id.as_str(), rest, req, peer, true) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -354,6 +369,9 @@ async fn forward_upgrade(
         inst.id.as_str(),
         sh.origins.host_routing(),
     );
+    if upstream.secret.is_some() {
+        secret::strip_set_cookie(resp.headers_mut());
+    }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, false);

@@ -123,14 +123,18 @@ fn ca_params(names: &[String]) -> Result<CertificateParams, TlsError> {
         .distinguished_name
         .push(DnType::CommonName, "vscode-on-demand local CA");
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let permitted = names
-        .iter()
+    // A wildcard name is constrained by the name under it.
+    let mut bases: Vec<&str> = names.iter().map(|n| n.trim_start_matches("*.")).collect();
+    bases.sort_unstable();
+    bases.dedup();
+    let permitted = bases
+        .into_iter()
         .map(|n| match n.parse::<IpAddr>() {
             Ok(ip) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
                 ip,
                 if ip.is_ipv4() { 32 } else { 128 },
             )),
-            Err(_) => GeneralSubtree::DnsName(n.clone()),
+            Err(_) => GeneralSubtree::DnsName(n.to_owned()),
         })
         .collect();
     params.name_constraints = Some(NameConstraints {
@@ -155,13 +159,16 @@ fn server_params(names: &[String], now: u64) -> Result<(CertificateParams, u64),
 /// Whether `names` lie within the CA's: the same name, a subdomain, or the same address.
 fn covered(ca_names: &[String], names: &[String]) -> bool {
     names.iter().all(|n| {
-        ca_names.iter().any(|c| {
-            n.eq_ignore_ascii_case(c)
-                || (c.parse::<IpAddr>().is_err()
-                    && n.len() > c.len()
-                    && n.as_bytes()[n.len() - c.len() - 1] == b'.'
-                    && n[n.len() - c.len()..].eq_ignore_ascii_case(c))
-        })
+        ca_names
+            .iter()
+            .map(|c| c.trim_start_matches("*."))
+            .any(|c| {
+                n.eq_ignore_ascii_case(c)
+                    || (c.parse::<IpAddr>().is_err()
+                        && n.len() > c.len()
+                        && n.as_bytes()[n.len() - c.len() - 1] == b'.'
+                        && n[n.len() - c.len()..].eq_ignore_ascii_case(c))
+            })
     })
 }
 
@@ -310,5 +317,7 @@ mod tests {
         assert!(!ok("xlocalhost"));
         assert!(!ok("example.com"));
         assert!(!ok("1.127.0.0.1"));
+        assert!(ok("*.localhost"));
+        assert!(covered(&["*.h.test".to_owned()], &["a.h.test".to_owned()]));
     }
 }

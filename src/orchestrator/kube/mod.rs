@@ -1,12 +1,14 @@
 //! The Kubernetes backend: instances are Deployments scaled between 0 and 1 replicas, with a
 //! Service, a token Secret and a config PVC owned by the Deployment (so deleting it is one
-//! call), and one workspace PVC per user that nothing owns. Kubernetes is the state: this
-//! module reads instances back from labelled objects and reports changes made by other servers
-//! through [`Orchestrator::observe`]. The only module that knows Kubernetes.
+//! call), and one workspace PVC per user that nothing owns, all in the instance namespace,
+//! apart from this server's own Secrets. Kubernetes is the state: this module reads instances
+//! back from labelled objects and reports changes made by other servers through
+//! [`Orchestrator::observe`]. The only module that knows Kubernetes.
 
 mod lease;
 pub mod objects;
 mod pods;
+mod security;
 
 use super::{Observed, Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
 use crate::instance::{AccessToken, InstanceId, InstanceRecord, InstanceSpec, Upstream, UserId};
@@ -19,9 +21,10 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use objects::*;
 use pods::{lost, pod_progress, ready_addr};
+use rand::RngCore;
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use objects::KubeSettings;
@@ -75,12 +78,13 @@ impl Kube {
         })
     }
 
+    /// Objects in the instance namespace.
     fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         <K as kube::Resource>::DynamicType: Default,
     {
-        Api::namespaced(self.client.clone(), &self.settings.namespace)
+        Api::namespaced(self.client.clone(), &self.settings.instance_namespace)
     }
 
     fn apply_params() -> PatchParams {
@@ -103,7 +107,7 @@ impl Kube {
             .map_err(kerr("reading a token Secret"))?;
         let token = secret
             .and_then(|s| s.data)
-            .and_then(|d| d.get("token").cloned())
+            .and_then(|d| d.get(TOKEN_KEY).cloned())
             .and_then(|b| String::from_utf8(b.0).ok())
             .map(AccessToken::from_secret);
         if let Some(t) = &token {
@@ -113,6 +117,49 @@ impl Kube {
                 .insert(id.to_owned(), t.clone());
         }
         Ok(token)
+    }
+
+    /// The connection token the instance's serve-web requires, from its Secret. An instance
+    /// created before there was one gets one now; the write is conditional on the Secret's
+    /// resourceVersion, so of two servers starting it at once both end with the same value.
+    async fn upstream_secret(&self, id: &InstanceId) -> Result<Arc<str>> {
+        let api = self.api::<Secret>();
+        let name = secret_name(id.as_str());
+        for _ in 0..3 {
+            let secret = api
+                .get(&name)
+                .await
+                .map_err(kerr("reading the instance Secret"))?;
+            let existing = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(UPSTREAM_TOKEN_KEY))
+                .and_then(|b| std::str::from_utf8(&b.0).ok())
+                .filter(|t| !t.is_empty())
+                .map(Arc::from);
+            if let Some(t) = existing {
+                return Ok(t);
+            }
+            let fresh = new_upstream_token();
+            let patch = json!({
+                "metadata": { "resourceVersion": secret.metadata.resource_version },
+                "stringData": { UPSTREAM_TOKEN_KEY: fresh },
+            });
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(instance = %id, "gave the instance an upstream secret");
+                    return Ok(Arc::from(fresh));
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(kerr("adding the upstream secret")(e)),
+            }
+        }
+        Err(OrchestratorError::Kube(format!(
+            "the Secret {name} kept changing while its upstream secret was added"
+        )))
     }
 
     /// Reads an instance back from its Deployment (and token Secret).
@@ -243,12 +290,13 @@ impl Orchestrator for Kube {
             .await
             .map_err(kerr("creating the Deployment"))?;
         let uid = d.metadata.uid.unwrap_or_default();
+        let upstream_token = new_upstream_token();
         let owned = async {
             self.api::<Secret>()
                 .patch(
                     &secret_name(id),
                     &Self::apply_params(),
-                    &Patch::Apply(secret(rec, s, &uid)),
+                    &Patch::Apply(secret(rec, s, &uid, &upstream_token)),
                 )
                 .await
                 .map_err(kerr("creating the token Secret"))?;
@@ -299,8 +347,19 @@ impl Orchestrator for Kube {
 
     async fn start(&self, rec: &InstanceRecord, progress: Progress) -> Result<Started> {
         let id = &rec.instance_id;
+        let secret = self.upstream_secret(id).await?;
         progress("scaling up");
-        self.scale(id, 1).await?;
+        // Applied whole rather than scaled, so an instance made by an older version of this
+        // server gets today's pod (connection token, security context) on its next start; an
+        // unchanged template rolls nothing.
+        self.api::<Deployment>()
+            .patch(
+                &deployment_name(id.as_str()),
+                &Self::apply_params(),
+                &Patch::Apply(deployment(rec, &self.settings, 1)),
+            )
+            .await
+            .map_err(kerr("scaling up the Deployment"))?;
         loop {
             let pods = self.pods(id).await?;
             if let Some(addr) = pods.iter().find_map(ready_addr) {
@@ -308,6 +367,7 @@ impl Orchestrator for Kube {
                     upstream: Upstream {
                         addr,
                         strip_prefix: false,
+                        secret: Some(secret),
                     },
                     exited: None,
                 });
@@ -422,4 +482,11 @@ impl Orchestrator for Kube {
     async fn may_reap(&self) -> bool {
         lease::hold(&self.client, &self.settings.namespace, &self.identity).await
     }
+}
+
+/// 256 random bits, hex: the characters VS Code accepts in a connection token.
+fn new_upstream_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -1,7 +1,9 @@
 //! The Kubernetes objects of an instance, as server-side-apply documents: a Deployment (0 or 1
-//! replicas, `Recreate`), a Service, a Secret holding the access token, a config PVC, and the
-//! user's workspace PVC. Names, labels and annotations are defined here once.
+//! replicas, `Recreate`), a Service, a Secret holding the access token and the upstream
+//! secret, a config PVC, and the user's workspace PVC. Names, labels and annotations are
+//! defined here once.
 
+use super::security;
 use crate::instance::{InstanceRecord, UserId};
 use serde_json::{json, Value};
 
@@ -18,11 +20,23 @@ pub const CREATED_ANNOTATION: &str = "vscode-on-demand.io/created";
 pub const PORT: u16 = 8000;
 /// Where the config volume is mounted: the VS Code CLI, its data, settings and extensions.
 pub const CONFIG_MOUNT: &str = "/vscode";
+/// Keys of the instance Secret: the user's access token, and the connection token serve-web
+/// requires, which only the proxy sends.
+pub const TOKEN_KEY: &str = "token";
+pub const UPSTREAM_TOKEN_KEY: &str = "upstream-token";
+/// The variable the connection token reaches serve-web through: `$(VAR)` in the arguments is
+/// expanded by the kubelet, so the value is in neither the Deployment nor the pod spec.
+const UPSTREAM_TOKEN_ENV: &str = "VOD_UPSTREAM_TOKEN";
 
 /// Where instances are created and how.
 #[derive(Debug, Clone)]
 pub struct KubeSettings {
+    /// This server's own namespace (the reaper Lease).
     pub namespace: String,
+    /// Where instances live, apart from this server's Secrets.
+    pub instance_namespace: String,
+    /// User and group of the instance containers.
+    pub instance_uid: u32,
     /// Our own image; its binary downloads the VS Code CLI in the init container.
     pub installer_image: String,
     pub storage_class: Option<String>,
@@ -78,6 +92,7 @@ pub fn deployment(rec: &InstanceRecord, s: &KubeSettings, replicas: u8) -> Value
     let mut pod_spec = json!({
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
+        "securityContext": security::pod(s.instance_uid),
         "initContainers": [{
             "name": "install-vscode",
             "image": s.installer_image,
@@ -85,7 +100,7 @@ pub fn deployment(rec: &InstanceRecord, s: &KubeSettings, replicas: u8) -> Value
             "args": ["install-cli", "--version", spec.vscode_version, "--dest", CONFIG_MOUNT, "--download-url", s.download_url],
             "volumeMounts": [{ "name": "config", "mountPath": CONFIG_MOUNT }],
             "resources": { "requests": { "cpu": "50m", "memory": "64Mi" }, "limits": { "cpu": "1", "memory": "256Mi" } },
-            "securityContext": { "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true },
+            "securityContext": security::container(true),
         }],
         "containers": [{
             "name": "vscode",
@@ -94,7 +109,10 @@ pub fn deployment(rec: &InstanceRecord, s: &KubeSettings, replicas: u8) -> Value
             "args": [
                 "--cli-data-dir", format!("{CONFIG_MOUNT}/cli-data"),
                 "serve-web", "--host", "0.0.0.0", "--port", PORT.to_string(),
-                "--without-connection-token", "--accept-server-license-terms",
+                // Not --connection-token-file: serve-web before 1.92 ignores it and makes up a
+                // token of its own (microsoft/vscode#215537), and users pick the version.
+                "--connection-token", format!("$({UPSTREAM_TOKEN_ENV})"),
+                "--accept-server-license-terms",
                 "--server-base-path", base_path,
                 "--server-data-dir", format!("{CONFIG_MOUNT}/server-data"),
                 "--user-data-dir", format!("{CONFIG_MOUNT}/user-data"),
@@ -104,10 +122,13 @@ pub fn deployment(rec: &InstanceRecord, s: &KubeSettings, replicas: u8) -> Value
             "env": [
                 { "name": "VOD_INSTANCE_ID", "value": id },
                 { "name": "HOME", "value": format!("{CONFIG_MOUNT}/home") },
+                { "name": UPSTREAM_TOKEN_ENV, "valueFrom": { "secretKeyRef": {
+                    "name": secret_name(id), "key": UPSTREAM_TOKEN_KEY } } },
             ],
             "ports": [{ "name": "http", "containerPort": PORT, "protocol": "TCP" }],
             "readinessProbe": {
-                "httpGet": { "path": format!("{base_path}/"), "port": PORT },
+                // The one path VS Code's server answers without the connection token.
+                "httpGet": { "path": format!("{base_path}/version"), "port": PORT },
                 "periodSeconds": 2,
                 "failureThreshold": 3,
             },
@@ -115,6 +136,7 @@ pub fn deployment(rec: &InstanceRecord, s: &KubeSettings, replicas: u8) -> Value
                 "requests": { "cpu": spec.cpu_request, "memory": spec.memory_request },
                 "limits": { "cpu": spec.cpu_limit, "memory": spec.memory_limit },
             },
+            "securityContext": security::container(false),
             "volumeMounts": [
                 { "name": "workspace", "mountPath": "/workspaces" },
                 { "name": "config", "mountPath": CONFIG_MOUNT },
@@ -138,7 +160,7 @@ pub fn deployment(rec: &InstanceRecord, s: &KubeSettings, replicas: u8) -> Value
         "kind": "Deployment",
         "metadata": {
             "name": deployment_name(id),
-            "namespace": s.namespace,
+            "namespace": s.instance_namespace,
             "labels": labels(rec),
             "annotations": {
                 SPEC_ANNOTATION: serde_json::to_string(spec).unwrap_or_default(),
@@ -160,7 +182,7 @@ pub fn service(rec: &InstanceRecord, s: &KubeSettings, uid: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": { "name": deployment_name(id), "namespace": s.namespace, "labels": labels(rec), "ownerReferences": owner(&deployment_name(id), uid) },
+        "metadata": { "name": deployment_name(id), "namespace": s.instance_namespace, "labels": labels(rec), "ownerReferences": owner(&deployment_name(id), uid) },
         "spec": {
             "selector": { INSTANCE_LABEL: id },
             "ports": [{ "name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP" }],
@@ -168,14 +190,15 @@ pub fn service(rec: &InstanceRecord, s: &KubeSettings, uid: &str) -> Value {
     })
 }
 
-pub fn secret(rec: &InstanceRecord, s: &KubeSettings, uid: &str) -> Value {
+/// The instance's Secret: its access token and the upstream secret serve-web requires.
+pub fn secret(rec: &InstanceRecord, s: &KubeSettings, uid: &str, upstream_token: &str) -> Value {
     let id = rec.instance_id.as_str();
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": { "name": secret_name(id), "namespace": s.namespace, "labels": labels(rec), "ownerReferences": owner(&deployment_name(id), uid) },
+        "metadata": { "name": secret_name(id), "namespace": s.instance_namespace, "labels": labels(rec), "ownerReferences": owner(&deployment_name(id), uid) },
         "type": "Opaque",
-        "stringData": { "token": rec.access_token.expose() },
+        "stringData": { TOKEN_KEY: rec.access_token.expose(), UPSTREAM_TOKEN_KEY: upstream_token },
     })
 }
 
@@ -190,7 +213,7 @@ fn claim(
     let mut v = json!({
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": { "name": name, "namespace": s.namespace, "labels": labels },
+        "metadata": { "name": name, "namespace": s.instance_namespace, "labels": labels },
         "spec": { "accessModes": [mode], "resources": { "requests": { "storage": size } } },
     });
     if let Some(o) = owner_ref {
@@ -227,4 +250,107 @@ pub fn workspace_pvc(rec: &InstanceRecord, s: &KubeSettings) -> Value {
         &s.workspace_access_mode,
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::{AccessToken, CreateRequest, InstanceId, SpecDefaults};
+
+    fn settings() -> KubeSettings {
+        KubeSettings {
+            namespace: "proxy-ns".into(),
+            instance_namespace: "inst-ns".into(),
+            instance_uid: 4242,
+            installer_image: "installer:1".into(),
+            storage_class: None,
+            workspace_access_mode: "ReadWriteOnce".into(),
+            config_storage: "1Gi".into(),
+            download_url: "https://update.example".into(),
+            replica_name: None,
+        }
+    }
+
+    fn record() -> InstanceRecord {
+        let req = CreateRequest {
+            user_id: "alice".into(),
+            ..Default::default()
+        };
+        let (user, spec) = req.validate(&SpecDefaults::default()).unwrap();
+        InstanceRecord {
+            instance_id: InstanceId::generate(&user),
+            user_id: user,
+            spec,
+            access_token: AccessToken::generate(),
+            created_at: 1,
+            last_activity_ms: 2,
+            stop_reason: None,
+        }
+    }
+
+    #[test]
+    fn every_object_lives_in_the_instance_namespace() {
+        let (rec, s) = (record(), settings());
+        for doc in [
+            deployment(&rec, &s, 0),
+            service(&rec, &s, "uid"),
+            secret(&rec, &s, "uid", "up"),
+            config_pvc(&rec, &s, "uid"),
+            workspace_pvc(&rec, &s),
+        ] {
+            assert_eq!(doc["metadata"]["namespace"], "inst-ns", "{doc}");
+        }
+    }
+
+    #[test]
+    fn serve_web_requires_the_upstream_secret_which_the_pod_spec_does_not_hold() {
+        let rec = record();
+        let d = deployment(&rec, &settings(), 1);
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(!args.contains(&"--without-connection-token"), "{args:?}");
+        let at = args
+            .iter()
+            .position(|a| *a == "--connection-token")
+            .unwrap();
+        assert_eq!(args[at + 1], "$(VOD_UPSTREAM_TOKEN)");
+        let env = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "VOD_UPSTREAM_TOKEN")
+            .unwrap();
+        assert_eq!(
+            env["valueFrom"]["secretKeyRef"],
+            json!({ "name": secret_name(rec.instance_id.as_str()), "key": UPSTREAM_TOKEN_KEY })
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"],
+            format!("/instances/{}/version", rec.instance_id)
+        );
+        let sec = secret(&rec, &settings(), "uid", "up-secret");
+        assert_eq!(sec["stringData"][UPSTREAM_TOKEN_KEY], "up-secret");
+        assert_eq!(sec["stringData"][TOKEN_KEY], rec.access_token.expose());
+    }
+
+    #[test]
+    fn pod_and_both_containers_are_confined() {
+        let d = deployment(&record(), &settings(), 1);
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsUser"], 4242);
+        assert_eq!(pod["securityContext"]["fsGroup"], 4242);
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        for c in [&pod["initContainers"][0], &pod["containers"][0]] {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{c}");
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{c}");
+            assert!(sc["runAsUser"].is_null(), "the pod's user applies: {c}");
+        }
+    }
 }
