@@ -98,12 +98,14 @@ async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()>
         i.ca_cert.display(),
         i.ca_cert.display()
     );
+    // Shown once, when generated: after that it would only land in logs and journals.
     match &i.token_file {
-        Some(f) => println!(
-            "  API token:  {}  (saved in {})",
+        Some(f) if i.token_generated => println!(
+            "  API token:  {}  (generated; saved in {})",
             i.admin_token,
             f.display()
         ),
+        Some(f) => println!("  API token:  in {}", f.display()),
         None => println!("  API token:  from VOD_ADMIN_TOKEN / --admin-token"),
     }
     println!(

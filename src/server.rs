@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::conns::{Conn, ConnLimits, Conns};
 
+/// A year; not `includeSubDomains`, which would bind hosts under the public name that this
+/// server does not serve.
+const HSTS: &str = "max-age=31536000";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slow headers: a request head must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,7 +126,13 @@ async fn serve_connection(
         let conn = svc_conn.clone();
         async move {
             let _busy = conn.info.busy();
-            Ok::<_, Infallible>(dispatch(&sh, req, peer, &conn).await)
+            let mut resp = dispatch(&sh, req, peer, &conn).await;
+            // Browsers that came once over HTTPS never try plain HTTP for this host again.
+            resp.headers_mut().insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static(HSTS),
+            );
+            Ok::<_, Infallible>(resp)
         }
     });
     let http = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);

@@ -379,3 +379,35 @@ async fn client_subcommands_find_the_local_server_and_fail_clearly() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn the_admin_token_is_shown_once_and_responses_ask_for_https() {
+    let mut f = Fixture::new(0, &[]);
+    let token = f.server.token.clone();
+    assert!(
+        f.server.stdout.iter().any(|l| l.contains(&token)),
+        "shown when generated: {:?}",
+        f.server.stdout
+    );
+    let r = f
+        .server
+        .send(
+            f.server
+                .request(Method::GET, "/api/health")
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    f.restart(&[]);
+    assert!(
+        !f.server.stdout.iter().any(|l| l.contains(&token)),
+        "not shown again: {:?}",
+        f.server.stdout
+    );
+    assert!(f
+        .server
+        .stdout
+        .iter()
+        .any(|l| l.contains("API token:  in ")));
+}

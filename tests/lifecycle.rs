@@ -345,3 +345,34 @@ async fn explicit_start_and_stop_through_the_api() {
         (StatusCode::OK, Some(0))
     );
 }
+
+#[tokio::test]
+async fn a_torn_metadata_file_is_set_aside_and_the_rest_start() {
+    let mut f = Fixture::new(0, &[]);
+    let c = f.server.create(json!({"user_id": "alice"})).await;
+    let status = f.server.terminate();
+    assert!(status.success(), "{status}");
+    let instances = f.server.data_dir.join("instances");
+    let torn = instances.join("bob-0000000a.json");
+    std::fs::write(&torn, br#"{"instance_id": "bob-0000000a", "user_"#).unwrap();
+
+    f.restart(&[]);
+    let s = &f.server;
+    let (status, v) = s.api(Method::GET, "/api/instances", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["instance_id"].as_str())
+        .collect();
+    assert_eq!(ids, [c.id.as_str()], "the intact instance is there");
+    assert!(!torn.exists());
+    assert_eq!(
+        std::fs::read(instances.join("bob-0000000a.json.corrupt")).unwrap(),
+        br#"{"instance_id": "bob-0000000a", "user_"#,
+        "kept as it was, for a person to look at"
+    );
+    let log = std::fs::read_to_string(s.data_dir.with_extension("server.log")).unwrap();
+    assert!(log.contains("instance metadata does not parse"), "{log}");
+}

@@ -49,8 +49,9 @@ impl Store {
         }
     }
 
-    /// Every stored record. A file that does not parse is an error naming it, rather than an
-    /// instance silently forgotten.
+    /// Every stored record. A file that does not parse (torn by a crash before records were
+    /// written atomically, edited by hand) is reported and set aside as `<name>.corrupt`, so
+    /// the server still starts with every other instance and nothing is deleted.
     pub fn load_all(&self) -> Result<Vec<InstanceRecord>> {
         let entries = std::fs::read_dir(&self.dir).map_err(OrchestratorError::io(format!(
             "reading {}",
@@ -67,12 +68,19 @@ impl Store {
             }
             let bytes = std::fs::read(&path)
                 .map_err(OrchestratorError::io(format!("reading {}", path.display())))?;
-            let rec: InstanceRecord =
-                serde_json::from_slice(&bytes).map_err(|e| OrchestratorError::Corrupt {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            out.push(rec);
+            match serde_json::from_slice::<InstanceRecord>(&bytes) {
+                Ok(rec) => out.push(rec),
+                Err(e) => {
+                    let aside = path.with_extension("json.corrupt");
+                    tracing::error!(
+                        path = %path.display(),
+                        error = %e,
+                        kept_as = %aside.display(),
+                        "instance metadata does not parse; skipped"
+                    );
+                    let _ = std::fs::rename(&path, &aside);
+                }
+            }
         }
         Ok(out)
     }
