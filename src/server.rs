@@ -2,8 +2,9 @@
 //! HTTP/1.1 or HTTP/2 by ALPN with upgrades and bounded heads, idle connections closed,
 //! dispatch to the API or the proxy, and graceful shutdown with a drain deadline.
 
+use crate::http::failure::Failure;
 use crate::http::origin::Site;
-use crate::http::response::{error, html, page};
+use crate::http::response::{html, page};
 use crate::http::router::{route, Route};
 use crate::http::{request_host, Body};
 use crate::state::Shared;
@@ -215,14 +216,10 @@ async fn dispatch(
         }
         Route::InstanceHome => match site {
             Site::Instance(id) => redirect(StatusCode::TEMPORARY_REDIRECT, &format!("/instances/{id}/")),
-            _ => error(StatusCode::NOT_FOUND, "not_found", "nothing here"),
+            _ => Failure::not_found("nothing here").response(),
         },
-        Route::BadPath(why) => error(StatusCode::BAD_REQUEST, "bad_path", why),
-        Route::MethodNotAllowed(allowed) => {
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("use {allowed}"));
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
-            r
-        }
+        Route::BadPath(why) => Failure::bad_request("bad_path", why).response(),
+        Route::MethodNotAllowed(allowed) => Failure::method_not_allowed(allowed).response(),
         Route::Root => html(
             StatusCode::OK,
             page(
@@ -232,9 +229,9 @@ async fn dispatch(
             ),
         ),
         Route::NotFound if matches!(site, Site::Instance(_)) => {
-            error(StatusCode::NOT_FOUND, "not_found", "this host serves its instance only, under /instances/<id>/")
+            Failure::not_found("this host serves its instance only, under /instances/<id>/").response()
         }
-        Route::NotFound => error(StatusCode::NOT_FOUND, "not_found", "nothing here; the API is under /api/"),
+        Route::NotFound => Failure::not_found("nothing here; the API is under /api/").response(),
         api_route => api::handle(sh, api_route, req, peer.ip()).await,
     }
 }

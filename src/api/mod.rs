@@ -4,14 +4,15 @@
 mod keepalive;
 mod view;
 
-use crate::http::response::{error, json};
+use crate::http::failure::Failure;
+use crate::http::response::json;
 use crate::http::router::Route;
 use crate::http::{events, Body};
 use crate::instance::{AccessToken, CreateRequest, InstanceId, InstanceRecord, State, UserId};
-use crate::lifecycle::{reason, StartError};
+use crate::lifecycle::reason;
 use crate::registry::Instance;
 use crate::state::Shared;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -37,32 +38,42 @@ pub async fn handle(
         Route::Health => return json(StatusCode::OK, &json!({ "status": "healthy" })),
         _ => {}
     }
-    if let Err(r) = authorize(sh, &req, peer) {
-        return r;
-    }
+    authorized(sh, route, req, peer)
+        .await
+        .unwrap_or_else(|f| f.response())
+}
+
+async fn authorized(
+    sh: &Arc<Shared>,
+    route: Route<'_>,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Result<Response<Body>, Failure> {
+    authorize(sh, &req, peer)?;
     match route {
         Route::ListInstances => list(sh, &req),
         Route::CreateInstance => create(sh, req).await,
         Route::GetInstance(id) => {
-            with_instance(sh, id, |i| json(StatusCode::OK, &view::instance(sh, i)))
+            let inst = lookup(sh, id)?;
+            Ok(json(StatusCode::OK, &view::instance(sh, &inst)))
         }
         Route::DeleteInstance(id) => delete(sh, id).await,
         Route::StartInstance(id) => start(sh, id).await,
         Route::StopInstance(id) => stop(sh, id).await,
         Route::KeepaliveInstance(id) => keepalive(sh, id, req).await,
-        Route::InstanceEvents(id) => match lookup(sh, id) {
-            Ok(inst) => events::stream(inst, sh.lifecycle.start_timeout * 2),
-            Err(r) => r,
-        },
+        Route::InstanceEvents(id) => Ok(events::stream(
+            lookup(sh, id)?,
+            sh.lifecycle.start_timeout * 2,
+        )),
         Route::Status => status(sh, &req),
         Route::Workspace(user) => workspace(sh, user).await,
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such API route"),
+        _ => Err(Failure::not_found("no such API route")),
     }
 }
 
 /// Checks `Authorization: Bearer <admin token>` in constant time; repeated wrong tokens from
 /// one client are answered 429.
-fn authorize(sh: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Result<(), Response<Body>> {
+fn authorize(sh: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Result<(), Failure> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -74,27 +85,17 @@ fn authorize(sh: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Result<(), R
     }
     // Only a wrong token is a failure; asking without one is not a guess.
     if presented.is_some() && !sh.guesses.failed(peer) {
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many failed token checks; wait a minute",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-        return Err(r);
+        return Err(Failure::rate_limited());
     }
-    let mut r = error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+    Err(Failure::unauthorized(
         if presented.is_some() {
             "the API token is wrong"
         } else {
-            "send the API token as `Authorization: Bearer <token>` (the server printed it at start; it is in <data-dir>/admin-token)"
+            "send the API token as `Authorization: Bearer <token>` (the server printed it when \
+             it generated it; it is in <data-dir>/admin-token)"
         },
-    );
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Err(r)
+        Some("Bearer"),
+    ))
 }
 
 fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
@@ -104,66 +105,47 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
 }
 
-fn lookup(sh: &Shared, id: &str) -> Result<Arc<Instance>, Response<Body>> {
+fn lookup(sh: &Shared, id: &str) -> Result<Arc<Instance>, Failure> {
     let id = InstanceId::parse(id)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_instance_id", e.message))?;
-    sh.lifecycle.registry.get(&id).ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("instance {id} not found"),
-        )
-    })
+        .map_err(|e| Failure::bad_request("invalid_instance_id", e.message))?;
+    sh.lifecycle
+        .registry
+        .get(&id)
+        .ok_or_else(|| Failure::not_found(format!("instance {id} not found")))
 }
 
-fn with_instance(
-    sh: &Shared,
-    id: &str,
-    f: impl FnOnce(&Arc<Instance>) -> Response<Body>,
-) -> Response<Body> {
-    match lookup(sh, id) {
-        Ok(i) => f(&i),
-        Err(r) => r,
-    }
+fn user(s: &str) -> Result<UserId, Failure> {
+    UserId::parse(s).map_err(|e| Failure::bad_request("invalid_user_id", e.message))
 }
 
-fn list(sh: &Shared, req: &Request<Incoming>) -> Response<Body> {
+fn list(sh: &Shared, req: &Request<Incoming>) -> Result<Response<Body>, Failure> {
     let all = match query_param(req, "user_id") {
-        Some(u) => match UserId::parse(u) {
-            Ok(u) => sh.lifecycle.registry.of_user(&u),
-            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_user_id", e.message),
-        },
+        Some(u) => sh.lifecycle.registry.of_user(&user(u)?),
         None => sh.lifecycle.registry.all(),
     };
     let items: Vec<_> = all.iter().map(|i| view::instance(sh, i)).collect();
-    json(StatusCode::OK, &json!({ "instances": items }))
+    Ok(json(StatusCode::OK, &json!({ "instances": items })))
 }
 
-fn status(sh: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    let Some(id) = query_param(req, "instance_id") else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "missing_instance_id",
-            "pass ?instance_id=<id>",
-        );
-    };
-    with_instance(sh, id, |i| {
-        json(
-            StatusCode::OK,
-            &json!({ "instance_id": i.id.as_str(), "status": i.state().as_str() }),
-        )
-    })
+fn status(sh: &Shared, req: &Request<Incoming>) -> Result<Response<Body>, Failure> {
+    let id = query_param(req, "instance_id")
+        .ok_or_else(|| Failure::bad_request("missing_instance_id", "pass ?instance_id=<id>"))?;
+    let i = lookup(sh, id)?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "instance_id": i.id.as_str(), "status": i.state().as_str() }),
+    ))
 }
 
 /// Reads a JSON request body (any size under [`MAX_BODY`]; possibly empty).
-async fn json_body(req: Request<Incoming>) -> Result<bytes::Bytes, Response<Body>> {
+async fn json_body(req: Request<Incoming>) -> Result<bytes::Bytes, Failure> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|ct| ct.starts_with("application/json"));
     if !is_json {
-        return Err(error(
+        return Err(Failure::client(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as application/json",
@@ -171,7 +153,7 @@ async fn json_body(req: Request<Incoming>) -> Result<bytes::Bytes, Response<Body
     }
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(_) => Err(error(
+        Err(_) => Err(Failure::client(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("the request body must be under {MAX_BODY} bytes"),
@@ -179,31 +161,17 @@ async fn json_body(req: Request<Incoming>) -> Result<bytes::Bytes, Response<Body
     }
 }
 
-async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let body = match json_body(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let create: CreateRequest = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not a valid create request: {e}"),
-            )
-        }
-    };
-    let (user, spec) = match create.validate(&sh.defaults) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid_{}", e.field),
-                e.message,
-            )
-        }
-    };
+async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+    let body = json_body(req).await?;
+    let create: CreateRequest = serde_json::from_slice(&body).map_err(|e| {
+        Failure::bad_request(
+            "invalid_json",
+            format!("the body is not a valid create request: {e}"),
+        )
+    })?;
+    let (user, spec) = create
+        .validate(&sh.defaults)
+        .map_err(|e| Failure::bad_request(format!("invalid_{}", e.field), e.message))?;
     let registry = &sh.lifecycle.registry;
     let id = loop {
         let id = InstanceId::generate(&user);
@@ -223,7 +191,7 @@ async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     };
     if let Err(e) = sh.lifecycle.orchestrator.create(&rec).await {
         tracing::error!(error = %e, "creating an instance failed");
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "create_failed", e);
+        return Err(Failure::ours("create_failed", e));
     }
     let token = rec.access_token.clone();
     let inst = registry.instance(rec, State::Stopped);
@@ -236,21 +204,18 @@ async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         view::instance_url(&sh.origins, &inst),
         token.expose()
     ));
-    json(StatusCode::CREATED, &body)
+    Ok(json(StatusCode::CREATED, &body))
 }
 
-async fn delete(sh: &Arc<Shared>, id: &str) -> Response<Body> {
-    let inst = match lookup(sh, id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+async fn delete(sh: &Arc<Shared>, id: &str) -> Result<Response<Body>, Failure> {
+    let inst = lookup(sh, id)?;
     // Out of the table first, so no visit can start it while its files go away.
     sh.lifecycle.registry.remove(&inst.id);
     sh.lifecycle.stop(&inst, reason::DELETED).await;
     if let Err(e) = sh.lifecycle.orchestrator.delete(&inst.id).await {
         tracing::error!(instance = %inst.id, error = %e, "delete failed");
         sh.lifecycle.registry.insert(inst);
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "delete_failed", e);
+        return Err(Failure::ours("delete_failed", e));
     }
     // Wakes anyone still waiting on this instance.
     inst.update(|s| {
@@ -259,60 +224,42 @@ async fn delete(sh: &Arc<Shared>, id: &str) -> Response<Body> {
         true
     });
     tracing::info!(instance = %inst.id, "deleted");
-    json(
+    Ok(json(
         StatusCode::OK,
         &json!({ "instance_id": inst.id.as_str(), "status": "Deleted" }),
-    )
+    ))
 }
 
-async fn start(sh: &Arc<Shared>, id: &str) -> Response<Body> {
-    let inst = match lookup(sh, id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+async fn start(sh: &Arc<Shared>, id: &str) -> Result<Response<Body>, Failure> {
+    let inst = lookup(sh, id)?;
     // Asking for it is activity, also when it already runs.
     inst.touch();
-    match sh.lifecycle.ensure_running(&inst).await {
-        Ok(_) => json(StatusCode::OK, &view::instance(sh, &inst)),
-        Err(e @ StartError::Failed(_)) => error(StatusCode::BAD_GATEWAY, "start_failed", e),
-        Err(e) => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e);
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
-        }
-    }
+    sh.lifecycle.ensure_running(&inst).await?;
+    Ok(json(StatusCode::OK, &view::instance(sh, &inst)))
 }
 
-async fn stop(sh: &Arc<Shared>, id: &str) -> Response<Body> {
-    let inst = match lookup(sh, id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+async fn stop(sh: &Arc<Shared>, id: &str) -> Result<Response<Body>, Failure> {
+    let inst = lookup(sh, id)?;
     sh.lifecycle.stop(&inst, reason::API).await;
-    json(StatusCode::OK, &view::instance(sh, &inst))
+    Ok(json(StatusCode::OK, &view::instance(sh, &inst)))
 }
 
 /// `POST /api/instances/{id}/keepalive`: the request-based activity signal for programs, with
 /// an optional `busy_until` (Unix seconds or RFC 3339) for long jobs.
-async fn keepalive(sh: &Arc<Shared>, id: &str, req: Request<Incoming>) -> Response<Body> {
-    let inst = match lookup(sh, id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let body = match json_body(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn keepalive(
+    sh: &Arc<Shared>,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Failure> {
+    let inst = lookup(sh, id)?;
+    let body = json_body(req).await?;
     let now = inst.now_ms();
     let max = sh.defaults.max_idle_timeout_secs;
-    let until = match keepalive::busy_until_ms(&body, now, max) {
-        Ok(u) => u,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.code(), e),
-    };
+    let until = keepalive::busy_until_ms(&body, now, max)
+        .map_err(|e| Failure::bad_request(e.code(), &e))?;
     let state = inst.state();
     if !matches!(state, State::Running | State::Starting) {
-        return error(
+        return Err(Failure::client(
             StatusCode::CONFLICT,
             "not_running",
             format!(
@@ -321,7 +268,7 @@ async fn keepalive(sh: &Arc<Shared>, id: &str, req: Request<Incoming>) -> Respon
                 state.as_str(),
                 inst.id
             ),
-        );
+        ));
     }
     inst.touch();
     if let Some(u) = until {
@@ -333,18 +280,17 @@ async fn keepalive(sh: &Arc<Shared>, id: &str, req: Request<Incoming>) -> Respon
             tracing::warn!(instance = %inst.id, error = %e, "saving activity failed");
         }
     }
-    json(StatusCode::OK, &view::instance(sh, &inst))
+    Ok(json(StatusCode::OK, &view::instance(sh, &inst)))
 }
 
-async fn workspace(sh: &Arc<Shared>, user: &str) -> Response<Body> {
-    let user = match UserId::parse(user) {
-        Ok(u) => u,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_user_id", e.message),
-    };
-    let info = match sh.lifecycle.orchestrator.workspace(&user).await {
-        Ok(i) => i,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "workspace_failed", e),
-    };
+async fn workspace(sh: &Arc<Shared>, user_id: &str) -> Result<Response<Body>, Failure> {
+    let user = user(user_id)?;
+    let info = sh
+        .lifecycle
+        .orchestrator
+        .workspace(&user)
+        .await
+        .map_err(|e| Failure::ours("workspace_failed", e))?;
     let instances = sh.lifecycle.registry.of_user(&user);
     let active = instances
         .iter()
@@ -354,7 +300,7 @@ async fn workspace(sh: &Arc<Shared>, user: &str) -> Response<Body> {
         .first()
         .map(|i| i.spec.storage_size.clone())
         .unwrap_or_else(|| sh.defaults.storage_size.clone());
-    json(
+    Ok(json(
         StatusCode::OK,
         &json!({
             "user_id": user.as_str(),
@@ -365,5 +311,5 @@ async fn workspace(sh: &Arc<Shared>, user: &str) -> Response<Body> {
             "active_instances": active,
             "instances": instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
         }),
-    )
+    ))
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -38,10 +38,17 @@ impl ClientKey {
     }
 }
 
+/// A connection that has not finished a request yet may be taken for idle only after this
+/// long: it gets its chance to send one (a TLS handshake alone may take up to 10 s).
+const FRESH_GRACE: Duration = Duration::from_secs(10);
+
 /// What the table knows of one connection.
 pub struct ConnInfo {
     client: ClientKey,
     inflight: AtomicUsize,
+    /// Whether a request has finished on it (it is then a keep-alive connection).
+    served: AtomicBool,
+    opened_ms: u64,
     /// Milliseconds since the table's epoch when the last request ended (or it opened).
     last_ms: AtomicU64,
     /// Cancelled to ask the connection to close (idle eviction, shutdown).
@@ -75,6 +82,7 @@ pub struct Busy(Arc<ConnInfo>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        self.0.served.store(true, Ordering::Relaxed);
         self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -102,12 +110,17 @@ impl Table {
     }
 
     /// Asks the longest-idle connection (of `client`, if given) to close and takes it out of
-    /// the counts at once, so its place is free while it finishes closing.
+    /// the counts at once, so its place is free while it finishes closing. A new connection
+    /// counts as idle only once it has served a request or had its grace.
     fn evict_idle(&mut self, client: Option<ClientKey>) -> bool {
         let victim = self
             .open
             .iter()
             .filter(|(_, c)| client.is_none_or(|k| c.client == k))
+            .filter(|(_, c)| {
+                c.served.load(Ordering::Relaxed)
+                    || c.now_ms().saturating_sub(c.opened_ms) >= FRESH_GRACE.as_millis() as u64
+            })
             .filter_map(|(id, c)| c.idle_for().map(|idle| (*id, idle)))
             .max_by_key(|(_, idle)| *idle);
         let Some((id, _)) = victim else {
@@ -192,10 +205,13 @@ impl Conns {
                 if t.open.len() < self.limits.max_total || t.evict_idle(None) {
                     let id = t.next;
                     t.next += 1;
+                    let now = self.epoch.elapsed().as_millis() as u64;
                     let info = Arc::new(ConnInfo {
                         client,
                         inflight: AtomicUsize::new(0),
-                        last_ms: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+                        served: AtomicBool::new(false),
+                        opened_ms: now,
+                        last_ms: AtomicU64::new(now),
                         close: self.shutdown.child_token(),
                         epoch: self.epoch,
                     });
@@ -256,6 +272,7 @@ mod tests {
         let conns = Conns::new(limits(2, 2), CancellationToken::new());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let a = conns.admit(ip).await.unwrap();
+        drop(a.info.busy());
         let b = conns.admit(ip).await.unwrap();
         let _busy_b = b.info.busy();
         // Another client at the total cap: A is idle, so it is asked to close and replaced.

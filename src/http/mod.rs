@@ -3,6 +3,7 @@
 
 pub mod conns;
 pub mod events;
+pub mod failure;
 pub mod guesses;
 pub mod origin;
 pub mod response;

@@ -7,7 +7,8 @@
 //! Input in the page does, reported by the script to `_vod/activity`. Requests without that
 //! metadata come from programs, which keep the request-based signal.
 
-use crate::http::response::{error, json};
+use crate::http::failure::Failure;
+use crate::http::response::json;
 use crate::http::Body;
 use crate::instance::State;
 use crate::lifecycle::{policy, Trigger};
@@ -135,24 +136,18 @@ pub fn report(
     default_notice_secs: u64,
 ) -> Response<Body> {
     if method != Method::POST {
-        let mut r = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use POST",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
+        return Failure::method_not_allowed("POST").response();
     }
     // Only the instance's own pages report; another site cannot keep it alive through a
     // signed-in browser.
     let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if site.is_some_and(|s| s != "same-origin") {
-        return error(
+        return Failure::client(
             StatusCode::FORBIDDEN,
             "cross_site",
             "activity is only reported by the instance's own pages",
-        );
+        )
+        .response();
     }
     if matches!(inst.state(), State::Running | State::Starting) {
         let ago = query

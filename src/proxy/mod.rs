@@ -13,10 +13,10 @@ mod secret;
 mod tunnel;
 
 use crate::http::conns::Conn;
-use crate::http::response::{error, with_header};
+use crate::http::failure::Failure;
 use crate::http::{events, request_host, Body, BoxError};
 use crate::instance::{State, Upstream};
-use crate::lifecycle::{policy, reason, StartError};
+use crate::lifecycle::{policy, reason};
 use crate::registry::{ActivityGuard, Instance, Status};
 use crate::state::Shared;
 use activity::Source;
@@ -52,7 +52,7 @@ pub async fn handle(
         (Some(inst), Presented::Valid) => inst,
         (_, Presented::Nothing) => return deny(navigation, false),
         // A wrong token or cookie counts against the client, so guessing is slowed down.
-        _ if !sh.guesses.failed(peer) => return too_many(),
+        _ if !sh.guesses.failed(peer) => return Failure::rate_limited().response(),
         _ => return deny(navigation, true),
     };
 
@@ -70,16 +70,17 @@ pub async fn handle(
                 notice,
             ),
             "idle" => activity::idle(&inst, notice),
-            _ => error(StatusCode::NOT_FOUND, "not_found", "no such page"),
+            _ => Failure::not_found("no such page").response(),
         };
     }
 
     if websocket && !origin_matches(&req) {
-        return error(
+        return Failure::client(
             StatusCode::FORBIDDEN,
             "bad_origin",
             "WebSocket connections must come from pages of this host",
-        );
+        )
+        .response();
     }
     let upstream = match inst.running_upstream() {
         Some(u) => u,
@@ -88,7 +89,7 @@ pub async fn handle(
             if status.state != State::Starting
                 && !policy::may_start(status.stop_reason.as_deref(), source.trigger())
             {
-                return stopped(&inst, &status);
+                return stopped(&inst, &status).response();
             }
             if navigation {
                 sh.lifecycle.begin_start(&inst);
@@ -96,7 +97,7 @@ pub async fn handle(
             }
             match sh.lifecycle.ensure_running(&inst).await {
                 Ok(u) => u,
-                Err(e) => return not_ready(e),
+                Err(e) => return Failure::from(e).response(),
             }
         }
     };
@@ -107,33 +108,17 @@ pub async fn handle(
     }
 }
 
-fn too_many() -> Response<Body> {
-    with_header(
-        error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many failed token checks; wait a minute",
-        ),
-        header::RETRY_AFTER,
-        HeaderValue::from_static("60"),
-    )
-}
-
 fn deny(navigation: bool, wrong: bool) -> Response<Body> {
     if navigation {
         pages::unauthorized(wrong)
     } else {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong instance access token",
-        )
+        Failure::unauthorized("missing or wrong instance access token", None).response()
     }
 }
 
 /// The answer to a page's own requests (VS Code reconnecting) while the instance is stopped
 /// for a reason they must not undo; the page's activity script explains and offers to resume.
-fn stopped(inst: &Instance, status: &Status) -> Response<Body> {
+fn stopped(inst: &Instance, status: &Status) -> Failure {
     let why = match status.stop_reason.as_deref() {
         Some(reason::IDLE) => format!(
             "stopped after {} without activity",
@@ -142,27 +127,12 @@ fn stopped(inst: &Instance, status: &Status) -> Response<Body> {
         Some(reason::API) => "stopped through the API".to_owned(),
         other => format!("stopped ({})", other.unwrap_or("unknown reason")),
     };
-    with_header(
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopped",
-            format!("the instance was {why}; reload the page to start it again"),
-        ),
-        header::RETRY_AFTER,
-        HeaderValue::from_static("60"),
+    Failure::instance(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "stopped",
+        format!("the instance was {why}; reload the page to start it again"),
     )
-}
-
-fn not_ready(e: StartError) -> Response<Body> {
-    let status = match e {
-        StartError::Failed(_) => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    with_header(
-        error(status, "not_ready", e),
-        header::RETRY_AFTER,
-        HeaderValue::from_static("5"),
-    )
+    .retry_after("60")
 }
 
 /// The host the client addressed, as a header value for the instance.
@@ -239,11 +209,7 @@ fn upstream_request(
         .path_and_query(pq)
         .build()
         .map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_path",
-                "the request path is not valid",
-            )
+            Failure::bad_request("bad_path", "the request path is not valid").response()
         })?;
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
@@ -278,11 +244,12 @@ fn authority(addr: std::net::SocketAddr) -> http::uri::Authority {
 }
 
 fn upstream_failed(e: impl std::fmt::Display) -> Response<Body> {
-    error(
+    Failure::instance(
         StatusCode::BAD_GATEWAY,
         "upstream_failed",
         format!("the instance did not answer: {e}"),
     )
+    .response()
 }
 
 async fn forward(
