@@ -2,6 +2,7 @@
 //! files; tests build these structs from argument vectors.
 
 use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
+use crate::orchestrator::sandbox::SandboxMode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -154,11 +155,18 @@ pub struct ServeConfig {
     /// downloaded per version into <data-dir>/cache].
     #[arg(long, env = "VOD_CODE_CLI")]
     pub code_cli: Option<PathBuf>,
-    /// Command template for `--runtime command`, split on spaces; placeholders {port},
-    /// {base_path}, {workspace}, {config_dir}, {instance_id}, {user_id}. Without {base_path}
-    /// the `/instances/<id>` prefix is removed from proxied paths.
+    /// Command template for `--runtime command`, split on spaces; placeholders {socket} (the
+    /// Unix socket to listen on), {port} (a loopback TCP port instead, used when {socket} is
+    /// absent; reachable by any local process), {base_path}, {workspace}, {config_dir},
+    /// {instance_id}, {user_id}. Without {base_path} the `/instances/<id>` prefix is removed
+    /// from proxied paths.
     #[arg(long, env = "VOD_COMMAND")]
     pub command: Option<String>,
+    /// How local instances are confined: `bwrap` (bubblewrap: own namespaces, only their
+    /// workspace and config visible; refuse to start without it), `auto` (bwrap when it works
+    /// here, else unsandboxed with a warning) or `none`.
+    #[arg(long, env = "VOD_SANDBOX", value_enum, default_value = "auto")]
+    pub sandbox: SandboxMode,
     /// Where the VS Code CLI is downloaded from.
     #[arg(
         long,
@@ -239,6 +247,8 @@ impl ServeConfig {
             code_cli: self.code_cli.clone(),
             command: self.command.clone(),
             download_url: self.vscode_download_url.clone(),
+            // Off until each instance is served on an origin of its own.
+            port_forwarding: false,
         }
     }
 }
@@ -328,6 +338,11 @@ mod tests {
         assert_eq!(c.idle_notice, Duration::from_secs(120));
         assert_eq!(c.start_timeout, Duration::from_secs(120));
         assert_eq!(c.backend, Backend::Local);
+        assert_eq!(c.sandbox, SandboxMode::Auto);
+        assert!(!c.runtime().port_forwarding);
+        let c = ServeConfig::from_args(["--sandbox", "bwrap"]).unwrap();
+        assert_eq!(c.sandbox, SandboxMode::Bwrap);
+        assert!(ServeConfig::from_args(["--sandbox", "chroot"]).is_err());
         assert!(ServeConfig::from_args(["--idle-timeout", "soon"]).is_err());
     }
 }

@@ -125,7 +125,7 @@ impl Instance {
     pub fn running_upstream(&self) -> Option<Upstream> {
         let s = self.status.borrow();
         match s.state {
-            State::Running => s.upstream,
+            State::Running => s.upstream.clone(),
             _ => None,
         }
     }

@@ -5,6 +5,10 @@
 //! Routes are matched on the end of the request path (or, for `/echo`, anywhere in it), so the
 //! server answers the same way whatever prefix the proxy keeps in front of the path. `/doc` is
 //! an HTML document (gzipped when accepted); other unknown paths get a small HTML page.
+//!
+//! With `--exec`, `POST .../exec` runs its body with `sh -c` and `GET .../connect?path=P`
+//! tries to connect to the Unix socket `P`: the sandbox tests act from inside an instance
+//! through them, as a user's code would.
 
 use std::{
     convert::Infallible,
@@ -47,8 +51,14 @@ static BIG: [u8; 65536] = [b'x'; 65536];
 #[derive(Parser)]
 #[command(about = "HTTP + WebSocket stand-in for a VS Code instance (tests and benchmarks)")]
 struct Args {
+    #[arg(long, required_unless_present = "socket", conflicts_with = "socket")]
+    port: Option<u16>,
+    /// Listen on this Unix socket instead of a TCP port.
     #[arg(long)]
-    port: u16,
+    socket: Option<PathBuf>,
+    /// Serve `/exec` and `/connect` (commands run as the instance).
+    #[arg(long)]
+    exec: bool,
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// Delay before binding, to simulate a slow VS Code start.
@@ -86,39 +96,76 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(args.startup_delay_ms)).await;
 
-    let listener = TcpListener::bind((args.host, args.port))
-        .await
-        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
-    let workspace = Arc::new(args.workspace);
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Usually fd exhaustion under benchmark load: back off instead of spinning.
-                eprintln!("vod-upstream: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+    let server = Server {
+        workspace: Arc::new(args.workspace),
+        exec: args.exec,
+        builder: auto::Builder::new(TokioExecutor::new()),
+    };
+    if let Some(path) = &args.socket {
+        // A socket left by an earlier run would make the bind fail.
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("binding {}", path.display()))?;
+        loop {
+            match listener.accept().await {
+                Ok((unix, _)) => server.serve(unix),
+                Err(err) => backoff(err).await,
             }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (builder, workspace) = (builder.clone(), workspace.clone());
+        }
+    }
+    let port = args.port.unwrap_or_default();
+    let listener = TcpListener::bind((args.host, port))
+        .await
+        .with_context(|| format!("binding {}:{port}", args.host))?;
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                server.serve(tcp);
+            }
+            Err(err) => backoff(err).await,
+        }
+    }
+}
+
+async fn backoff(err: std::io::Error) {
+    // Usually fd exhaustion under benchmark load: back off instead of spinning.
+    eprintln!("vod-upstream: accept failed: {err}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+struct Server {
+    workspace: Arc<Option<PathBuf>>,
+    exec: bool,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Server {
+    fn serve<S>(&self, io: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (builder, workspace, exec) = (self.builder.clone(), self.workspace.clone(), self.exec);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let workspace = workspace.clone();
-                async move { Ok::<_, Infallible>(handle(req, workspace.as_deref()).await) }
+                async move { Ok::<_, Infallible>(handle(req, workspace.as_deref(), exec).await) }
             });
             // Connection errors are the client's business (resets, aborted uploads).
             let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .await;
         });
     }
 }
 
-async fn handle(req: Request<Incoming>, workspace: Option<&Path>) -> Response<Body> {
+async fn handle(req: Request<Incoming>, workspace: Option<&Path>, exec: bool) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    if path.ends_with("/ws") && is_websocket_upgrade(req.headers()) {
+    if exec && path.ends_with("/exec") && req.method() == Method::POST {
+        run_shell(req).await
+    } else if exec && path.ends_with("/connect") {
+        connect(req.uri().query().unwrap_or(""))
+    } else if path.ends_with("/ws") && is_websocket_upgrade(req.headers()) {
         websocket(req)
     } else if path.contains("/echo") {
         echo(req).await
@@ -270,6 +317,43 @@ async fn workspace_file(req: Request<Incoming>, workspace: Option<&Path>) -> Res
             }
         }
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET or PUT"),
+    }
+}
+
+/// Runs the body with `sh -c`; answers `{"status", "stdout", "stderr"}`.
+async fn run_shell(req: Request<Incoming>) -> Response<Body> {
+    let Ok(body) = req.into_body().collect().await else {
+        return text(StatusCode::BAD_REQUEST, "body read failed");
+    };
+    let script = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(out) => {
+            let json = serde_json::json!({
+                "status": out.status.code(),
+                "stdout": String::from_utf8_lossy(&out.stdout),
+                "stderr": String::from_utf8_lossy(&out.stderr),
+            });
+            respond(StatusCode::OK, "application/json", full(json.to_string()))
+        }
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+/// Tries to connect to the Unix socket named by `path=` (percent-decoding is not needed for
+/// the paths the tests use); answers `connected` or the error.
+fn connect(query: &str) -> Response<Body> {
+    let Some(path) = query.split('&').find_map(|kv| kv.strip_prefix("path=")) else {
+        return text(StatusCode::BAD_REQUEST, "path= is missing");
+    };
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => text(StatusCode::OK, "connected"),
+        Err(err) => text(StatusCode::OK, format!("failed: {err}")),
     }
 }
 

@@ -344,10 +344,27 @@ impl fmt::Debug for AccessToken {
 
 /// Where a running instance serves, and whether it expects the `/instances/<id>` prefix
 /// removed from request paths (code-server serves at `/`; `code serve-web` takes a base path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    pub addr: std::net::SocketAddr,
+    pub addr: UpstreamAddr,
     pub strip_prefix: bool,
+}
+
+/// An instance's listening address: a TCP address (pods, `{port}` command templates) or a
+/// Unix socket in a directory only this server can open (local instances).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamAddr {
+    Tcp(std::net::SocketAddr),
+    Unix(std::sync::Arc<std::path::Path>),
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(a) => a.fmt(f),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 /// The durable facts about an instance, as a backend stores them.

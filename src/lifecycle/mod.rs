@@ -7,7 +7,7 @@ mod reaper;
 pub use policy::{reason, Trigger};
 pub use reaper::Reaper;
 
-use crate::instance::{State, Upstream};
+use crate::instance::{State, Upstream, UpstreamAddr};
 use crate::orchestrator::{Observed, Orchestrator};
 use crate::registry::{Instance, Registry, Status};
 use std::sync::Arc;
@@ -89,7 +89,7 @@ impl Lifecycle {
                     if s.state == State::Starting {
                         s.state = State::Running;
                         s.message = "ready".into();
-                        s.upstream = Some(upstream);
+                        s.upstream = Some(upstream.clone());
                         s.stop_reason = None;
                         true
                     } else {
@@ -295,7 +295,11 @@ impl Lifecycle {
             Observed::Lost { id, addr } => {
                 if let Some(inst) = self.registry.get(&id) {
                     let lost = inst.update(|s| {
-                        if s.state == State::Running && s.upstream.is_some_and(|u| u.addr == addr) {
+                        if s.state == State::Running
+                            && s.upstream
+                                .as_ref()
+                                .is_some_and(|u| u.addr == UpstreamAddr::Tcp(addr))
+                        {
                             s.state = State::Stopped;
                             s.upstream = None;
                             s.message = "its pod went away".into();
@@ -363,10 +367,22 @@ mod tests {
             code_cli: None,
             command: Some("true".into()),
             download_url: String::new(),
+            port_forwarding: false,
         };
         let lc = Lifecycle {
             registry: Arc::new(Registry::new()),
-            orchestrator: Arc::new(Local::new(dir.path().to_owned(), runtime).unwrap()),
+            orchestrator: Arc::new(
+                Local::new(
+                    dir.path().to_owned(),
+                    &dir.path().join("certs"),
+                    runtime,
+                    crate::orchestrator::sandbox::Sandbox::resolve(
+                        crate::orchestrator::sandbox::SandboxMode::None,
+                    )
+                    .unwrap(),
+                )
+                .unwrap(),
+            ),
             start_timeout: Duration::from_secs(1),
             shutdown: CancellationToken::new(),
         };

@@ -27,13 +27,27 @@ use tokio_rustls::client::TlsStream;
 pub const BIN: &str = env!("CARGO_BIN_EXE_vscode-on-demand");
 pub const UPSTREAM: &str = env!("CARGO_BIN_EXE_vod-upstream");
 
-/// The command template that runs `vod-upstream` as an instance, recording each start in
-/// `starts` and delaying its readiness by `delay_ms`.
+/// The command template that runs `vod-upstream` as an instance on its Unix socket, recording
+/// each start in `starts` and delaying its readiness by `delay_ms`.
 pub fn upstream_command(starts: &Path, delay_ms: u64) -> String {
     format!(
-        "{UPSTREAM} --port {{port}} --workspace {{workspace}} --starts-file {} --startup-delay-ms {delay_ms}",
+        "{UPSTREAM} --socket {{socket}} --workspace {{workspace}} --starts-file {} --startup-delay-ms {delay_ms}",
         starts.display()
     )
+}
+
+/// Server arguments that run `vod-upstream` instances without a sandbox: the suites that use
+/// them count starts in a file outside the data directory and follow instance processes by
+/// their PIDs, neither of which a sandbox lets through; `tests/sandbox.rs` covers the sandbox.
+pub fn unsandboxed(cmd: &str) -> Vec<&str> {
+    vec![
+        "--runtime",
+        "command",
+        "--command",
+        cmd,
+        "--sandbox",
+        "none",
+    ]
 }
 
 /// Lines in a starts file: how many times an instance process was started.
@@ -113,7 +127,12 @@ impl Server {
         let addr: SocketAddr = loop {
             let line = lines
                 .next()
-                .unwrap_or_else(|| panic!("server exited early; stdout: {stdout:?}"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "server exited early; stdout: {stdout:?}; its log ends:\n{}",
+                        log_tail(&data_dir.with_extension("server.log"), 30)
+                    )
+                })
                 .unwrap();
             stdout.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
@@ -391,7 +410,7 @@ impl Fixture {
         std::fs::create_dir_all(&data).unwrap();
         let starts = dir.path().join("starts");
         let cmd = upstream_command(&starts, delay_ms);
-        let mut all = vec!["--runtime", "command", "--command", &cmd];
+        let mut all = unsandboxed(&cmd);
         all.extend_from_slice(args);
         let server = Server::start(&data, &all);
         Fixture {
@@ -404,7 +423,7 @@ impl Fixture {
     pub fn restart(&mut self, args: &[&str]) {
         self.server.terminate();
         let cmd = upstream_command(&self.starts, 0);
-        let mut all = vec!["--runtime", "command", "--command", &cmd];
+        let mut all = unsandboxed(&cmd);
         all.extend_from_slice(args);
         self.server = Server::start(&self.server.data_dir.clone(), &all);
     }

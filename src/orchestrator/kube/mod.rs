@@ -9,7 +9,9 @@ pub mod objects;
 mod pods;
 
 use super::{Observed, Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
-use crate::instance::{AccessToken, InstanceId, InstanceRecord, InstanceSpec, Upstream, UserId};
+use crate::instance::{
+    AccessToken, InstanceId, InstanceRecord, InstanceSpec, Upstream, UpstreamAddr, UserId,
+};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -306,7 +308,7 @@ impl Orchestrator for Kube {
             if let Some(addr) = pods.iter().find_map(ready_addr) {
                 return Ok(Started {
                     upstream: Upstream {
-                        addr,
+                        addr: UpstreamAddr::Tcp(addr),
                         strip_prefix: false,
                     },
                     exited: None,
