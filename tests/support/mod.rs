@@ -149,7 +149,12 @@ impl Server {
         let token = std::fs::read_to_string(data_dir.join("admin-token"))
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        let tls = client_tls(&data_dir.join("certs/ca.crt"));
+        let cert_dir = args
+            .iter()
+            .position(|a| *a == "--cert-dir")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(|| data_dir.join("certs"), PathBuf::from);
+        let tls = client_tls(&cert_dir.join("ca.crt"));
         Server {
             child,
             addr,
