@@ -180,11 +180,10 @@ async fn answers(addr: &UpstreamAddr, path: &str) -> bool {
         let resp = conn.send_request(req).await.ok()?;
         Some(resp.status().as_u16() < 500)
     };
-    tokio::time::timeout(PROBE_TIMEOUT, probe)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
 }
 
 /// The last few lines a failed instance printed, for its failure reason.
@@ -198,33 +197,6 @@ fn log_tail(log: &Path) -> String {
     } else {
         tail.chars().take(1000).collect()
     }
-}
-
-/// The instance's whole environment: nothing of this server's but `PATH`, the locale and the
-/// time zone; its home and XDG directories inside its config directory.
-fn instance_env(config: &Path, port: u16) -> Vec<(String, String)> {
-    let dir = |sub: &str| config.join(sub).display().to_string();
-    let mut env = vec![
-        ("HOME".to_owned(), dir("home")),
-        ("XDG_CONFIG_HOME".to_owned(), dir("xdg-config")),
-        ("XDG_DATA_HOME".to_owned(), dir("xdg-data")),
-        ("XDG_CACHE_HOME".to_owned(), dir("xdg-cache")),
-        ("TMPDIR".to_owned(), "/tmp".to_owned()),
-    ];
-    let path = std::env::var("PATH")
-        .unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    env.push(("PATH".to_owned(), path));
-    let lang = std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into());
-    env.push(("LANG".to_owned(), lang));
-    for name in ["TZ", "SHELL"] {
-        if let Ok(v) = std::env::var(name) {
-            env.push((name.to_owned(), v));
-        }
-    }
-    if port != 0 {
-        env.push(("PORT".to_owned(), port.to_string()));
-    }
-    env
 }
 
 /// A free loopback port. Another process could take it before the instance binds it; the
@@ -314,7 +286,7 @@ impl Orchestrator for Local {
             .try_clone()
             .map_err(OrchestratorError::io("duplicating the log handle"))?;
         progress(&format!("starting {}", launch.description));
-        let env = instance_env(&inner_config, port);
+        let env = sandbox::instance_env(&inner_config, port);
         let jail = Jail {
             instance_id: id.as_str(),
             program: &launch.program,

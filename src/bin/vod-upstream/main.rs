@@ -43,6 +43,8 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
+mod inside;
+
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Static so that every `/big` response shares one buffer instead of allocating 64 KiB.
@@ -162,9 +164,9 @@ impl Server {
 async fn handle(req: Request<Incoming>, workspace: Option<&Path>, exec: bool) -> Response<Body> {
     let path = req.uri().path().to_owned();
     if exec && path.ends_with("/exec") && req.method() == Method::POST {
-        run_shell(req).await
+        inside::run_shell(req).await
     } else if exec && path.ends_with("/connect") {
-        connect(req.uri().query().unwrap_or(""))
+        inside::connect(req.uri().query().unwrap_or(""))
     } else if path.ends_with("/ws") && is_websocket_upgrade(req.headers()) {
         websocket(req)
     } else if path.contains("/echo") {
@@ -224,11 +226,15 @@ fn document(headers: &HeaderMap) -> Response<Body> {
     response
 }
 
-fn full(body: impl Into<Bytes>) -> Body {
+pub(crate) fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).boxed_unsync()
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Body,
+) -> Response<Body> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -236,7 +242,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: Body) -> Respon
     response
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     respond(status, "text/plain", full(body))
 }
 
@@ -317,43 +323,6 @@ async fn workspace_file(req: Request<Incoming>, workspace: Option<&Path>) -> Res
             }
         }
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET or PUT"),
-    }
-}
-
-/// Runs the body with `sh -c`; answers `{"status", "stdout", "stderr"}`.
-async fn run_shell(req: Request<Incoming>) -> Response<Body> {
-    let Ok(body) = req.into_body().collect().await else {
-        return text(StatusCode::BAD_REQUEST, "body read failed");
-    };
-    let script = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-    let out = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await;
-    match out {
-        Ok(out) => {
-            let json = serde_json::json!({
-                "status": out.status.code(),
-                "stdout": String::from_utf8_lossy(&out.stdout),
-                "stderr": String::from_utf8_lossy(&out.stderr),
-            });
-            respond(StatusCode::OK, "application/json", full(json.to_string()))
-        }
-        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-    }
-}
-
-/// Tries to connect to the Unix socket named by `path=` (percent-decoding is not needed for
-/// the paths the tests use); answers `connected` or the error.
-fn connect(query: &str) -> Response<Body> {
-    let Some(path) = query.split('&').find_map(|kv| kv.strip_prefix("path=")) else {
-        return text(StatusCode::BAD_REQUEST, "path= is missing");
-    };
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => text(StatusCode::OK, "connected"),
-        Err(err) => text(StatusCode::OK, format!("failed: {err}")),
     }
 }
 
