@@ -177,8 +177,10 @@ start_vod() {
   local dir=$1 port=$2 cmd=$3
   shift 3
   mkdir -p "$dir"
+  # No sandbox: the measured path is the proxy's, and case 7's instance script and trace
+  # live in the data directory, which a sandbox hides.
   NO_COLOR=1 VOD_LOG=info taskset -c "$PROXY_CPU" "$VOD" serve --listen "127.0.0.1:$port" \
-    --data-dir "$dir" --runtime command --command "$cmd" --max-connections 19500 "${ROUTING[@]}" "$@" \
+    --data-dir "$dir" --runtime command --command "$cmd" --sandbox none --max-connections 19500 "${ROUTING[@]}" "$@" \
     >"$dir/server.out" 2>"$dir/server.log" &
   VOD_PID=$!
   PIDS+=("$VOD_PID")
@@ -493,7 +495,7 @@ ir_run() {
   port=$(free_port)
   NO_COLOR=1 taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
     --log-file="$dir/callgrind.log" "$VOD" serve --listen "127.0.0.1:$port" --data-dir "$dir" "${ROUTING[@]}" \
-    --runtime command --command "taskset -c $LOAD_CPU $UPSTREAM_BIN --port {port}" \
+    --runtime command --command "taskset -c $LOAD_CPU $UPSTREAM_BIN --port {port}" --sandbox none \
     >"$dir/server.out" 2>"$dir/server.log" &
   VOD_PID=$!
   PIDS+=("$VOD_PID")

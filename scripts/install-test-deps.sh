@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine, idempotently, into caches outside the
 # clone so that a second run costs seconds:
-#   - Debian chromium (headless browser for the end-to-end tests)
+#   - Debian chromium (headless browser for the end-to-end tests) and bubblewrap (the local
+#     backend's sandbox)
 #   - code-server (a real VS Code server) under $VOD_CACHE/code-server
 #   - playwright-core (drives chromium) under $VOD_CACHE/node
 # Prints `export` lines for the tests on stdout; everything else goes to stderr.
@@ -12,7 +13,7 @@ CODE_SERVER_VERSION="${CODE_SERVER_VERSION:-4.100.3}"
 PLAYWRIGHT_VERSION="${PLAYWRIGHT_VERSION:-1.64.1}"
 export DEBIAN_FRONTEND=noninteractive
 
-apt_pkgs=(chromium ripgrep pkg-config libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev)
+apt_pkgs=(chromium bubblewrap ripgrep pkg-config libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -9,6 +9,7 @@ use crate::instance::{AccessToken, SpecDefaults, State};
 use crate::lifecycle::{Lifecycle, Reaper};
 use crate::orchestrator::kube::{Kube, KubeSettings};
 use crate::orchestrator::local::Local;
+use crate::orchestrator::sandbox::Sandbox;
 use crate::orchestrator::Orchestrator;
 use crate::registry::Registry;
 use crate::server::{self, ServerLimits};
@@ -45,6 +46,8 @@ pub struct ServerInfo {
     pub token_generated: bool,
     pub data_dir: PathBuf,
     pub instances: usize,
+    /// How local instances are confined (none for the kube backend, whose pods are).
+    pub sandbox: Option<String>,
 }
 
 fn data_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartupError + '_ {
@@ -190,8 +193,18 @@ impl App {
             .unwrap_or(certs.ca_cert.clone());
 
         let (token, token_file, token_generated) = admin_token(&cfg, &data_dir)?;
+        let mut sandbox = None;
         let orchestrator: Arc<dyn Orchestrator> = match cfg.backend {
-            Backend::Local => Arc::new(Local::new(data_dir.clone(), cfg.runtime())?),
+            Backend::Local => {
+                let confine = Sandbox::resolve(cfg.sandbox)?;
+                let mut runtime = cfg.runtime();
+                // code-server's port forwarding serves what an instance runs at
+                // /instances/<id>/proxy/<port>/: only on the instance's own origin.
+                runtime.port_forwarding = origins.host_routing();
+                let local = Local::new(data_dir.clone(), &cert_dir, runtime, confine)?;
+                sandbox = Some(local.sandbox().summary().to_owned());
+                Arc::new(local)
+            }
             Backend::Kube => {
                 Arc::new(Kube::connect(cfg.kubeconfig.as_deref(), kube_settings(&cfg)).await?)
             }
@@ -237,6 +250,7 @@ impl App {
             token_generated,
             data_dir,
             instances: registry.len(),
+            sandbox,
         };
         Ok(Self {
             cfg,

@@ -3,6 +3,7 @@
 
 use crate::http::origin::RoutingMode;
 use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
+use crate::orchestrator::sandbox::SandboxMode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -160,11 +161,18 @@ pub struct ServeConfig {
     /// downloaded per version into <data-dir>/cache].
     #[arg(long, env = "VOD_CODE_CLI")]
     pub code_cli: Option<PathBuf>,
-    /// Command template for `--runtime command`, split on spaces; placeholders {port},
-    /// {base_path}, {workspace}, {config_dir}, {instance_id}, {user_id}. Without {base_path}
-    /// the `/instances/<id>` prefix is removed from proxied paths.
+    /// Command template for `--runtime command`, split on spaces; placeholders {socket} (the
+    /// Unix socket to listen on), {port} (a loopback TCP port instead, used when {socket} is
+    /// absent; reachable by any local process), {base_path}, {workspace}, {config_dir},
+    /// {instance_id}, {user_id}. Without {base_path} the `/instances/<id>` prefix is removed
+    /// from proxied paths.
     #[arg(long, env = "VOD_COMMAND")]
     pub command: Option<String>,
+    /// How local instances are confined: `bwrap` (bubblewrap: own namespaces, only their
+    /// workspace and config visible; refuse to start without it), `auto` (bwrap when it works
+    /// here, else unsandboxed with a warning) or `none`.
+    #[arg(long, env = "VOD_SANDBOX", value_enum, default_value = "auto")]
+    pub sandbox: SandboxMode,
     /// Where the VS Code CLI is downloaded from.
     #[arg(
         long,
@@ -268,6 +276,8 @@ impl ServeConfig {
             code_cli: self.code_cli.clone(),
             command: self.command.clone(),
             download_url: self.vscode_download_url.clone(),
+            // On only where each instance has an origin of its own (set by the app).
+            port_forwarding: false,
         }
     }
 }
@@ -361,6 +371,11 @@ mod tests {
         let p = ServeConfig::from_args(["--routing", "path"]).unwrap();
         assert_eq!(p.routing, RoutingMode::Path);
         assert!(ServeConfig::from_args(["--routing", "subdomain"]).is_err());
+        assert_eq!(c.sandbox, SandboxMode::Auto);
+        assert!(!c.runtime().port_forwarding);
+        let c = ServeConfig::from_args(["--sandbox", "bwrap"]).unwrap();
+        assert_eq!(c.sandbox, SandboxMode::Bwrap);
+        assert!(ServeConfig::from_args(["--sandbox", "chroot"]).is_err());
         assert!(ServeConfig::from_args(["--idle-timeout", "soon"]).is_err());
     }
 }

@@ -17,7 +17,8 @@
 //! - [`state`]: what request handlers share.
 //! - [`lifecycle`]: single-flight start, readiness wait, stop, the idle policy and reaper.
 //! - [`registry`]: the instance table, live status and activity.
-//! - [`orchestrator`]: the backend trait and the local (child process) backend.
+//! - [`orchestrator`]: the backend trait, the local backend (child processes, each in a
+//!   bubblewrap sandbox serving on a Unix socket) and the Kubernetes backend.
 //! - [`instance`]: domain types, validated at the edge.
 //! - [`tls`]: rustls configuration and self-signed certificates.
 //! - [`outbound`]: requests this program makes (client subcommands, downloads).

@@ -113,6 +113,9 @@ async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()>
         i.data_dir.display(),
         i.instances
     );
+    if let Some(s) = &i.sandbox {
+        println!("  Sandbox:    {s}");
+    }
     println!("  Try:        vscode-on-demand create --user-id alice");
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {

@@ -3,21 +3,20 @@
 
 use crate::http::guesses::{self, Guesses};
 use crate::http::origin::Origins;
-use crate::instance::{AccessToken, SpecDefaults};
+use crate::instance::{AccessToken, SpecDefaults, UpstreamAddr};
 use crate::lifecycle::Lifecycle;
-use http::{header, HeaderValue, Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Keep-alive HTTP/1.1 connections to instances, by address.
+/// Keep-alive HTTP/1.1 connections to instances, by address (TCP or Unix socket).
 ///
 /// A connection is handed out only while idle (its previous response read to the end), so a
 /// long response never holds up another request; while all are busy, another is opened. A
@@ -27,51 +26,30 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// path's instructions in profiles (bench/README.md).
 #[derive(Default)]
 pub struct UpstreamClient {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<UpstreamAddr, Vec<SendRequest<Incoming>>>>,
     returns: AtomicUsize,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("the request names no instance address")]
-    NoAddress,
     #[error("cannot connect to {0}: {1}")]
-    Connect(SocketAddr, std::io::Error),
+    Connect(UpstreamAddr, std::io::Error),
     #[error("cannot connect to {0}: timed out")]
-    ConnectTimeout(SocketAddr),
+    ConnectTimeout(UpstreamAddr),
     #[error("{0}")]
     Http(#[from] hyper::Error),
 }
 
 impl UpstreamClient {
-    /// Sends a request whose URI is absolute (`http://ip:port/path`) and returns the response;
-    /// the request goes out in origin form, with `Host` set from the URI if it has none.
+    /// Sends a request (its URI in origin form, its `Host` set) to the instance at `addr` and
+    /// returns the response.
     pub async fn request(
         &self,
+        addr: &UpstreamAddr,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let addr: SocketAddr = req
-            .uri()
-            .authority()
-            .and_then(|a| a.as_str().parse().ok())
-            .ok_or(UpstreamError::NoAddress)?;
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(v) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                req.headers_mut().insert(header::HOST, v);
-            }
-        }
-        let origin = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .map_or_else(|| Uri::from_static("/"), Uri::from);
-        *req.uri_mut() = origin;
         // After an upgrade the connection belongs to the tunnel.
-        let reusable = !req.headers().contains_key(header::UPGRADE);
+        let reusable = !req.headers().contains_key(http::header::UPGRADE);
         while let Some(mut conn) = self.take(addr) {
             match conn.try_send_request(req).await {
                 Ok(resp) => {
@@ -95,26 +73,32 @@ impl UpstreamClient {
         Ok(resp)
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<SendRequest<Incoming>>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<UpstreamAddr, Vec<SendRequest<Incoming>>>> {
         // Each critical section leaves the map consistent, so a poisoned lock is still usable.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+    fn take(&self, addr: &UpstreamAddr) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle();
-        let conns = idle.get_mut(&addr)?;
+        let conns = idle.get_mut(addr)?;
         conns.retain(|c| !c.is_closed());
         let found = conns.iter().position(|c| c.is_ready());
         let conn = found.map(|i| conns.swap_remove(i));
         if conns.is_empty() {
-            idle.remove(&addr);
+            idle.remove(addr);
         }
         conn
     }
 
-    fn put(&self, addr: SocketAddr, conn: SendRequest<Incoming>) {
+    fn put(&self, addr: &UpstreamAddr, conn: SendRequest<Incoming>) {
         let mut idle = self.idle();
-        idle.entry(addr).or_default().push(conn);
+        // Looked up by reference: only a new entry pays for a key of its own.
+        match idle.get_mut(addr) {
+            Some(conns) => conns.push(conn),
+            None => {
+                idle.insert(addr.clone(), vec![conn]);
+            }
+        }
         // Now and then, forget connections to instances that are gone (stopped, moved).
         if self.returns.fetch_add(1, Ordering::Relaxed) % 4096 == 0 {
             idle.retain(|_, conns| {
@@ -125,13 +109,42 @@ impl UpstreamClient {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Incoming>, UpstreamError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout(addr))?
-        .map_err(|e| UpstreamError::Connect(addr, e))?;
-    let _ = tcp.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+/// Opens a new HTTP/1.1 connection to an instance (the readiness probe uses it too, so a
+/// ready instance is one the proxy can reach).
+pub async fn connect<B>(addr: &UpstreamAddr) -> Result<SendRequest<B>, UpstreamError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match addr {
+        UpstreamAddr::Tcp(a) => {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a))
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout(addr.clone()))?
+                .map_err(|e| UpstreamError::Connect(addr.clone(), e))?;
+            let _ = tcp.set_nodelay(true);
+            handshake(addr, tcp).await
+        }
+        UpstreamAddr::Unix(p) => {
+            let unix = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(p))
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout(addr.clone()))?
+                .map_err(|e| UpstreamError::Connect(addr.clone(), e))?;
+            handshake(addr, unix).await
+        }
+    }
+}
+
+async fn handshake<S, B>(addr: &UpstreamAddr, io: S) -> Result<SendRequest<B>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    let addr = addr.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "instance connection ended with an error");

@@ -257,12 +257,7 @@ async fn an_instance_orphaned_by_a_killed_server_is_cleaned_up_on_next_start() {
     );
     f.server = Server::start(
         &f.server.data_dir.clone(),
-        &[
-            "--runtime",
-            "command",
-            "--command",
-            &upstream_command(&f.starts, 0),
-        ],
+        &unsandboxed(&upstream_command(&f.starts, 0)),
     );
     wait_until("the orphan to be killed", Duration::from_secs(5), || {
         !pid_alive(pid)

@@ -19,9 +19,18 @@ async fn serve_web_downloads_the_cli_once_and_keeps_the_base_path() {
     std::fs::create_dir_all(&data).unwrap();
     let downloads = Arc::new(AtomicUsize::new(0));
     let url = update_service(fake_cli_tarball(dir.path()), downloads.clone()).await;
+    // The stand-in CLI runs `vod-upstream` from the build directory and records its arguments
+    // outside the data directory, which a sandbox would not let it see.
     let s = Server::start(
         &data,
-        &["--runtime", "serve-web", "--vscode-download-url", &url],
+        &[
+            "--runtime",
+            "serve-web",
+            "--vscode-download-url",
+            &url,
+            "--sandbox",
+            "none",
+        ],
     );
     let a = s
         .create(json!({"user_id": "alice", "vscode_version": "1.97.2"}))
@@ -40,9 +49,10 @@ async fn serve_web_downloads_the_cli_once_and_keeps_the_base_path() {
     );
 
     let args = std::fs::read_to_string(dir.path().join("cli-args")).unwrap();
+    let socket = data.join(format!("sockets/{}/vscode.sock", a.id));
     for want in [
         "serve-web",
-        "--host 127.0.0.1",
+        &format!("--socket-path {}", socket.display()),
         "--without-connection-token",
         &format!("--server-base-path /instances/{}", a.id),
     ] {

@@ -40,7 +40,17 @@ async fn scenario(deps: Deps) {
             code_server,
             "--start-timeout",
             "120s",
+            "--sandbox",
+            "bwrap",
         ],
+    );
+    assert!(
+        server
+            .stdout
+            .iter()
+            .any(|l| l.contains("Sandbox:    bubblewrap")),
+        "{:?}",
+        server.stdout
     );
     let c = server.create(json!({ "user_id": "e2e" })).await;
     assert_eq!(server.state(&c.id).await, "Stopped");
@@ -80,6 +90,12 @@ async fn scenario(deps: Deps) {
         tail(&instance_log, 40),
     );
     let result = run.result.unwrap();
+    // code-server opens the workspace where its sandbox puts it, not at a server path.
+    let url = result["workbench_url"].as_str().unwrap_or_default();
+    assert!(
+        url.contains("folder=/workspaces") || url.contains("folder=%2Fworkspaces"),
+        "{url}"
+    );
     eprintln!(
         "starting page seen: {} (on wake: {}); timings: {}",
         result["starting_page_seen"], result["wake_starting_page_seen"], result["timings"]

@@ -349,7 +349,7 @@ impl fmt::Debug for AccessToken {
 /// a network others share; local instances serve on sockets only this server can open).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Upstream {
-    pub addr: std::net::SocketAddr,
+    pub addr: UpstreamAddr,
     pub strip_prefix: bool,
     pub secret: Option<Arc<str>>,
 }
@@ -361,6 +361,23 @@ impl fmt::Debug for Upstream {
             .field("strip_prefix", &self.strip_prefix)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .finish()
+    }
+}
+
+/// An instance's listening address: a TCP address (pods, `{port}` command templates) or a
+/// Unix socket in a directory only this server can open (local instances).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamAddr {
+    Tcp(std::net::SocketAddr),
+    Unix(std::sync::Arc<std::path::Path>),
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(a) => a.fmt(f),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
     }
 }
 

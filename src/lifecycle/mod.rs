@@ -7,7 +7,7 @@ mod reaper;
 pub use policy::{reason, Trigger};
 pub use reaper::Reaper;
 
-use crate::instance::{State, Upstream};
+use crate::instance::{State, Upstream, UpstreamAddr};
 use crate::orchestrator::{Observed, Orchestrator};
 use crate::registry::{Instance, Registry, Status};
 use std::sync::Arc;
@@ -85,7 +85,7 @@ impl Lifecycle {
         match result {
             Ok(started) => {
                 let upstream = started.upstream;
-                let addr = upstream.addr;
+                let addr = upstream.addr.clone();
                 let still_wanted = inst.update(|s| {
                     if s.state == State::Starting {
                         s.state = State::Running;
@@ -297,7 +297,9 @@ impl Lifecycle {
                 if let Some(inst) = self.registry.get(&id) {
                     let lost = inst.update(|s| {
                         if s.state == State::Running
-                            && s.upstream.as_ref().is_some_and(|u| u.addr == addr)
+                            && s.upstream
+                                .as_ref()
+                                .is_some_and(|u| u.addr == UpstreamAddr::Tcp(addr))
                         {
                             s.state = State::Stopped;
                             s.upstream = None;
@@ -366,10 +368,22 @@ mod tests {
             code_cli: None,
             command: Some("true".into()),
             download_url: String::new(),
+            port_forwarding: false,
         };
         let lc = Lifecycle {
             registry: Arc::new(Registry::new()),
-            orchestrator: Arc::new(Local::new(dir.path().to_owned(), runtime).unwrap()),
+            orchestrator: Arc::new(
+                Local::new(
+                    dir.path().to_owned(),
+                    &dir.path().join("certs"),
+                    runtime,
+                    crate::orchestrator::sandbox::Sandbox::resolve(
+                        crate::orchestrator::sandbox::SandboxMode::None,
+                    )
+                    .unwrap(),
+                )
+                .unwrap(),
+            ),
             start_timeout: Duration::from_secs(1),
             shutdown: CancellationToken::new(),
         };

@@ -109,8 +109,18 @@ mod tests {
             code_cli: None,
             command: Some("true".into()),
             download_url: String::new(),
+            port_forwarding: false,
         };
-        let local = Local::new(dir.path().to_owned(), runtime).unwrap();
+        let local = Local::new(
+            dir.path().to_owned(),
+            &dir.path().join("certs"),
+            runtime,
+            crate::orchestrator::sandbox::Sandbox::resolve(
+                crate::orchestrator::sandbox::SandboxMode::None,
+            )
+            .unwrap(),
+        )
+        .unwrap();
         let lifecycle = Arc::new(Lifecycle {
             registry: Arc::new(Registry::with_clock(Clock::tokio())),
             orchestrator: Arc::new(local),

@@ -1,21 +1,24 @@
 //! The embedded default backend: each instance is a child process on this machine, in its own
-//! process group, bound to loopback on a port we choose.
+//! process group and (see [`super::sandbox`]) its own sandbox, serving on a Unix socket in a
+//! directory only this server can open.
 //!
 //! Layout under the data directory:
-//! `instances/<id>.json` (metadata), `instances/<id>/config/` (settings, extensions),
-//! `instances/<id>/instance.log`, `instances/<id>/pgid` (for cleanup after a crash),
-//! `workspaces/<user>/` (shared by all of a user's instances, never deleted by us) and
-//! `cache/` (downloaded VS Code CLIs).
+//! `instances/<id>.json` (metadata), `instances/<id>/config/` (settings, extensions, the
+//! instance's home), `instances/<id>/instance.log`, `instances/<id>/pgid` (for cleanup after a
+//! crash), `sockets/<id>/vscode.sock`, `workspaces/<user>/` (shared by all of a user's
+//! instances, never deleted by us) and `cache/` (downloaded VS Code CLIs).
 
 use super::runtime::{LaunchContext, RuntimeConfig, DOWNLOAD_TIMEOUT};
+use super::sandbox::{self, Jail, Sandbox};
 use super::store::{write_private, Store};
 use super::{Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
-use crate::instance::{InstanceId, InstanceRecord, Upstream, UserId};
+use crate::instance::{InstanceId, InstanceRecord, Upstream, UpstreamAddr, UserId};
 use crate::outbound::{system_roots, Outbound};
 use async_trait::async_trait;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -28,6 +31,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// readiness, so this bounds the wake overhead; a probe of a port nobody listens on yet is one
 /// refused connect.
 const PROBE_INTERVAL: Duration = Duration::from_millis(2);
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest path a Unix socket address holds (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 struct Proc {
     pgid: i32,
@@ -38,28 +45,48 @@ pub struct Local {
     data_dir: PathBuf,
     store: Store,
     runtime: RuntimeConfig,
+    sandbox: Sandbox,
+    /// What no instance may see: the data and certificate directories.
+    hidden: Vec<PathBuf>,
     download: Outbound,
-    probe: Outbound,
     procs: Mutex<HashMap<InstanceId, Proc>>,
 }
 
 impl Local {
-    pub fn new(data_dir: PathBuf, runtime: RuntimeConfig) -> Result<Self> {
+    /// `cert_dir` is hidden from instances too when it lies outside the data directory.
+    pub fn new(
+        data_dir: PathBuf,
+        cert_dir: &Path,
+        runtime: RuntimeConfig,
+        sandbox: Sandbox,
+    ) -> Result<Self> {
         let store = Store::new(data_dir.join("instances"))?;
         std::fs::create_dir_all(data_dir.join("workspaces"))
             .map_err(OrchestratorError::io("creating the workspaces directory"))?;
+        let sockets = data_dir.join("sockets");
+        std::fs::create_dir_all(&sockets)
+            .and_then(|()| {
+                std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(OrchestratorError::io(format!(
+                "creating {}",
+                sockets.display()
+            )))?;
+        let cert_dir = cert_dir.canonicalize().unwrap_or(cert_dir.to_owned());
         Ok(Self {
             store,
             runtime,
+            sandbox,
+            hidden: vec![data_dir.clone(), cert_dir],
             download: Outbound::new(system_roots(), DOWNLOAD_TIMEOUT, 512 << 20),
-            probe: Outbound::new(
-                rustls::RootCertStore::empty(),
-                Duration::from_secs(2),
-                64 << 10,
-            ),
             procs: Mutex::new(HashMap::new()),
             data_dir,
         })
+    }
+
+    /// How instances are confined, for the start-up banner.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 
     fn instance_dir(&self, id: &InstanceId) -> PathBuf {
@@ -70,6 +97,28 @@ impl Local {
         self.data_dir.join("workspaces").join(user.as_str())
     }
 
+    fn socket_dir(&self, id: &InstanceId) -> PathBuf {
+        self.data_dir.join("sockets").join(id.as_str())
+    }
+
+    /// An empty socket directory for a start, readable by this server only.
+    fn fresh_socket_dir(&self, id: &InstanceId) -> Result<PathBuf> {
+        let dir = self.socket_dir(id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(OrchestratorError::io(format!("creating {}", dir.display())))?;
+        let socket = dir.join(sandbox::SOCKET_NAME);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(OrchestratorError::StartFailed(format!(
+                "the socket path {} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket \
+                 address holds; choose a shorter --data-dir",
+                socket.display()
+            )));
+        }
+        Ok(dir)
+    }
+
     fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Proc>> {
         // A panic while holding this lock leaves the map itself consistent (single inserts and
         // removes), so a poisoned lock is safe to keep using.
@@ -78,7 +127,8 @@ impl Local {
 
     /// Kills a process group left behind by a previous run of this server that died without
     /// stopping its instances. The group is only killed if its leader still carries this
-    /// instance's marker in its environment, so a recycled PID is never hit.
+    /// instance's marker in its environment (the environment this server gave bwrap, or the
+    /// unsandboxed instance), so a recycled PID is never hit.
     fn reap_stale(&self, id: &InstanceId) {
         let pgid_file = self.instance_dir(id).join("pgid");
         let Some(pgid) = std::fs::read_to_string(&pgid_file)
@@ -87,7 +137,7 @@ impl Local {
         else {
             return;
         };
-        let marker = format!("VOD_INSTANCE_ID={id}");
+        let marker = format!("{}={id}", sandbox::MARKER);
         let ours = std::fs::read(format!("/proc/{pgid}/environ"))
             .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()));
         if ours {
@@ -99,7 +149,8 @@ impl Local {
 
     async fn wait_ready(
         &self,
-        url: &str,
+        addr: &UpstreamAddr,
+        path: &str,
         exited: &mut oneshot::Receiver<String>,
         log: &Path,
     ) -> Result<()> {
@@ -110,14 +161,29 @@ impl Local {
                     log_tail(log)
                 )));
             }
-            if let Ok(resp) = self.probe.send(http::Method::GET, url, &[], None).await {
-                if resp.status.as_u16() < 500 {
-                    return Ok(());
-                }
+            if answers(addr, path).await {
+                return Ok(());
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     }
+}
+
+/// Whether the instance answers `GET path` below 500, over the connection the proxy would use.
+async fn answers(addr: &UpstreamAddr, path: &str) -> bool {
+    let probe = async {
+        let mut conn = crate::state::connect(addr).await.ok()?;
+        let req = http::Request::get(path)
+            .header(http::header::HOST, "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let resp = conn.send_request(req).await.ok()?;
+        Some(resp.status().as_u16() < 500)
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
 }
 
 /// The last few lines a failed instance printed, for its failure reason.
@@ -176,21 +242,33 @@ impl Orchestrator for Local {
         let dir = self.instance_dir(id);
         let config_dir = dir.join("config");
         let workspace = self.workspace_dir(&rec.user_id);
-        for d in [&config_dir, &workspace] {
+        for d in [&config_dir.join("home"), &workspace] {
             std::fs::create_dir_all(d)
                 .map_err(OrchestratorError::io(format!("creating {}", d.display())))?;
         }
         progress("preparing VS Code");
-        let port = free_port()?;
+        let socket_dir = self.fresh_socket_dir(id)?;
+        let port = if self.runtime.listens_on_port() {
+            free_port()?
+        } else {
+            0
+        };
+        let sb = &self.sandbox;
+        let inner_config = sb.inside(&config_dir, sandbox::CONFIG);
+        let inner_workspace = sb.inside(&workspace, sandbox::WORKSPACE);
+        let inner_socket = sb
+            .inside(&socket_dir, sandbox::SOCKET_DIR)
+            .join(sandbox::SOCKET_NAME);
         let base_path = format!("/instances/{id}");
         let cache_dir = self.data_dir.join("cache");
         let ctx = LaunchContext {
             instance_id: id.as_str(),
             user_id: rec.user_id.as_str(),
             port,
+            socket: &inner_socket,
             base_path: &base_path,
-            workspace: &workspace,
-            config_dir: &config_dir,
+            workspace: &inner_workspace,
+            config_dir: &inner_config,
             vscode_version: &rec.spec.vscode_version,
             cache_dir: &cache_dir,
         };
@@ -208,15 +286,19 @@ impl Orchestrator for Local {
             .try_clone()
             .map_err(OrchestratorError::io("duplicating the log handle"))?;
         progress(&format!("starting {}", launch.description));
-        let xdg = |sub: &str| config_dir.join(sub);
-        let mut child = tokio::process::Command::new(&launch.program)
-            .args(&launch.args)
-            .current_dir(&workspace)
-            .env("VOD_INSTANCE_ID", id.as_str())
-            .env("PORT", port.to_string())
-            .env("XDG_CONFIG_HOME", xdg("xdg-config"))
-            .env("XDG_DATA_HOME", xdg("xdg-data"))
-            .env("XDG_CACHE_HOME", xdg("xdg-cache"))
+        let env = sandbox::instance_env(&inner_config, port);
+        let jail = Jail {
+            instance_id: id.as_str(),
+            program: &launch.program,
+            args: &launch.args,
+            workspace: &workspace,
+            config_dir: &config_dir,
+            socket_dir: &socket_dir,
+            hidden: &self.hidden,
+            env: &env,
+        };
+        let mut child = sb
+            .command(&jail)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -244,14 +326,21 @@ impl Orchestrator for Local {
             let _ = exit_tx.send(reason);
         });
         progress(&format!("waiting for {} to answer", launch.description));
-        let probe_url = format!("http://127.0.0.1:{port}{}", launch.probe_path);
-        if let Err(e) = self.wait_ready(&probe_url, &mut exit_rx, &log_path).await {
+        let addr = if port == 0 {
+            UpstreamAddr::Unix(socket_dir.join(sandbox::SOCKET_NAME).into())
+        } else {
+            UpstreamAddr::Tcp(([127, 0, 0, 1], port).into())
+        };
+        if let Err(e) = self
+            .wait_ready(&addr, &launch.probe_path, &mut exit_rx, &log_path)
+            .await
+        {
             let _ = self.stop(id).await;
             return Err(e);
         }
         Ok(Started {
             upstream: Upstream {
-                addr: ([127, 0, 0, 1], port).into(),
+                addr,
                 strip_prefix: launch.strip_prefix,
                 secret: None,
             },
@@ -265,14 +354,20 @@ impl Orchestrator for Local {
         };
         let group = Pid::from_raw(proc.pgid);
         if !*proc.exited.borrow() {
-            let _ = killpg(group, Signal::SIGTERM);
+            // The program gets SIGTERM to save its state; with bwrap it runs in a session of
+            // its own, two processes below the one this server started.
+            if let Some(main) = self.sandbox.main_process(proc.pgid) {
+                let _ = killpg(Pid::from_raw(main), Signal::SIGTERM);
+            }
             let exited = tokio::time::timeout(STOP_GRACE, proc.exited.wait_for(|e| *e)).await;
             if exited.is_err() {
                 tracing::warn!(instance = %id, "instance ignored SIGTERM; killing it");
             }
         }
+        // With bwrap, its death takes the sandbox's PID namespace and everything in it along.
         let _ = killpg(group, Signal::SIGKILL);
         let _ = std::fs::remove_file(self.instance_dir(id).join("pgid"));
+        let _ = std::fs::remove_dir_all(self.socket_dir(id));
         Ok(())
     }
 

@@ -1,9 +1,11 @@
 //! Where instances actually run. The [`Orchestrator`] trait is all the layers above know;
-//! `local` runs instances as child processes of this server, `kube` as Kubernetes Deployments.
+//! `local` runs instances as child processes of this server (confined by `sandbox`), `kube` as
+//! Kubernetes Deployments.
 
 pub mod kube;
 pub mod local;
 pub mod runtime;
+pub mod sandbox;
 mod store;
 
 pub use store::write_private;
@@ -32,6 +34,8 @@ pub enum OrchestratorError {
     Download(String),
     #[error("Kubernetes API: {0}")]
     Kube(String),
+    #[error("sandbox: {0}")]
+    Sandbox(String),
 }
 
 impl OrchestratorError {

@@ -1,7 +1,8 @@
 //! What the local backend runs as an instance, and how: `code-server`, the VS Code CLI's
 //! `code serve-web` (found on PATH or downloaded once per version into the data directory), or
 //! a command template. Resolution happens at start time so an install made after the server
-//! started is picked up, and a missing runtime is an error naming what to install.
+//! started is picked up, and a missing runtime is an error naming what to install. Instances
+//! listen on a Unix socket; only a command template that asks for `{port}` gets a TCP port.
 
 use super::{OrchestratorError, Result};
 use crate::outbound::Outbound;
@@ -28,13 +29,19 @@ pub struct RuntimeConfig {
     /// Base of the VS Code update service; `<base>/<version>/cli-alpine-<arch>/stable` must
     /// answer with the CLI as a gzipped tar.
     pub download_url: String,
+    /// Whether code-server's own proxy routes (`/proxy/<port>/`, `/absproxy/<port>/`) stay on;
+    /// they forward to any port on the instance's machine, so they are off unless each
+    /// instance has an origin of its own.
+    pub port_forwarding: bool,
 }
 
-/// Everything about one instance that a launch needs.
+/// Everything about one instance that a launch needs; paths are as the instance sees them.
 pub struct LaunchContext<'a> {
     pub instance_id: &'a str,
     pub user_id: &'a str,
+    /// Only for a `{port}` template; 0 otherwise.
     pub port: u16,
+    pub socket: &'a Path,
     pub base_path: &'a str,
     pub workspace: &'a Path,
     pub config_dir: &'a Path,
@@ -53,7 +60,7 @@ pub struct Launch {
     pub description: &'static str,
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(super) fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
@@ -66,10 +73,21 @@ fn is_executable(p: &Path) -> bool {
 }
 
 impl RuntimeConfig {
+    /// Whether instances listen on a TCP port rather than their Unix socket: only a command
+    /// template without `{socket}` does (it gets `{port}` and `$PORT`). Any local process can
+    /// reach such a port.
+    pub fn listens_on_port(&self) -> bool {
+        self.kind == RuntimeKind::Command
+            && !self
+                .command
+                .as_deref()
+                .is_some_and(|c| c.contains("{socket}"))
+    }
+
     /// Picks and prepares the runtime for one start. May download the VS Code CLI.
     pub async fn launch(&self, ctx: &LaunchContext<'_>, outbound: &Outbound) -> Result<Launch> {
         match self.kind {
-            RuntimeKind::CodeServer => Ok(code_server(self.code_server_path()?, ctx)),
+            RuntimeKind::CodeServer => Ok(self.code_server(self.code_server_path()?, ctx)),
             RuntimeKind::ServeWeb => Ok(serve_web(self.code_cli_path(ctx, outbound).await?, ctx)),
             RuntimeKind::Command => command(self.command.as_deref(), ctx),
             RuntimeKind::Auto => {
@@ -77,7 +95,7 @@ impl RuntimeConfig {
                     return Ok(serve_web(code, ctx));
                 }
                 if let Ok(cs) = self.code_server_path() {
-                    return Ok(code_server(cs, ctx));
+                    return Ok(self.code_server(cs, ctx));
                 }
                 let code = self.code_cli_path(ctx, outbound).await.map_err(|e| {
                     OrchestratorError::NoRuntime(format!(
@@ -130,15 +148,14 @@ impl RuntimeConfig {
         )
         .await
     }
-}
 
-fn code_server(program: PathBuf, ctx: &LaunchContext<'_>) -> Launch {
-    let cfg = |sub: &str| ctx.config_dir.join(sub).display().to_string();
-    Launch {
-        program,
-        args: vec![
-            "--bind-addr".into(),
-            format!("127.0.0.1:{}", ctx.port),
+    fn code_server(&self, program: PathBuf, ctx: &LaunchContext<'_>) -> Launch {
+        let cfg = |sub: &str| ctx.config_dir.join(sub).display().to_string();
+        let mut args = vec![
+            "--socket".into(),
+            ctx.socket.display().to_string(),
+            "--socket-mode".into(),
+            "600".into(),
             "--auth".into(),
             "none".into(),
             "--disable-telemetry".into(),
@@ -148,11 +165,18 @@ fn code_server(program: PathBuf, ctx: &LaunchContext<'_>) -> Launch {
             cfg("user-data"),
             "--extensions-dir".into(),
             cfg("extensions"),
-            ctx.workspace.display().to_string(),
-        ],
-        strip_prefix: true,
-        probe_path: "/healthz".into(),
-        description: "code-server",
+        ];
+        if !self.port_forwarding {
+            args.push("--disable-proxy".into());
+        }
+        args.push(ctx.workspace.display().to_string());
+        Launch {
+            program,
+            args,
+            strip_prefix: true,
+            probe_path: "/healthz".into(),
+            description: "code-server",
+        }
     }
 }
 
@@ -164,10 +188,8 @@ fn serve_web(program: PathBuf, ctx: &LaunchContext<'_>) -> Launch {
             "--cli-data-dir".into(),
             cfg("cli-data"),
             "serve-web".into(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            ctx.port.to_string(),
+            "--socket-path".into(),
+            ctx.socket.display().to_string(),
             "--without-connection-token".into(),
             "--accept-server-license-terms".into(),
             "--server-base-path".into(),
@@ -194,8 +216,10 @@ fn command(template: Option<&str>, ctx: &LaunchContext<'_>) -> Result<Launch> {
     let port = ctx.port.to_string();
     let ws = ctx.workspace.display().to_string();
     let cfg = ctx.config_dir.display().to_string();
+    let socket = ctx.socket.display().to_string();
     let expand = |w: &str| {
         w.replace("{port}", &port)
+            .replace("{socket}", &socket)
             .replace("{base_path}", ctx.base_path)
             .replace("{workspace}", &ws)
             .replace("{config_dir}", &cfg)

@@ -15,7 +15,7 @@ mod tunnel;
 use crate::http::conns::Conn;
 use crate::http::failure::Failure;
 use crate::http::{events, request_host, Body, BoxError};
-use crate::instance::{State, Upstream};
+use crate::instance::{State, Upstream, UpstreamAddr};
 use crate::lifecycle::{policy, reason};
 use crate::registry::{ActivityGuard, Instance, Status};
 use crate::state::Shared;
@@ -183,7 +183,7 @@ fn exchange(inst: &Instance, rest: &str, uri: &Uri, host_routing: bool) -> Respo
     r
 }
 
-/// Builds the request the instance sees.
+/// Builds the request the instance sees, in origin form (the connection names the instance).
 fn upstream_request(
     upstream: &Upstream,
     id: &str,
@@ -203,14 +203,9 @@ fn upstream_request(
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(authority(upstream.addr))
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| {
-            Failure::bad_request("bad_path", "the request path is not valid").response()
-        })?;
+    parts.uri = Uri::builder().path_and_query(pq).build().map_err(|_| {
+        Failure::bad_request("bad_path", "the request path is not valid").response()
+    })?;
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     auth::strip_cookie(&mut parts.headers);
@@ -218,29 +213,16 @@ fn upstream_request(
         secret::add(&mut parts.headers, secret);
     }
     headers::set_forwarded(&mut parts.headers, peer, host.as_ref());
-    // The instance sees the host the browser used, so its own origin checks agree with ours.
-    if let Some(h) = host {
-        parts.headers.insert(header::HOST, h);
-    }
+    // The instance sees the host the browser used, so its own origin checks agree with ours;
+    // a request without one (HTTP/1.0) names the instance's address, as a client of it would.
+    let host = host.unwrap_or_else(|| match &upstream.addr {
+        UpstreamAddr::Tcp(a) => {
+            HeaderValue::try_from(a.to_string()).unwrap_or(HeaderValue::from_static("localhost"))
+        }
+        UpstreamAddr::Unix(_) => HeaderValue::from_static("localhost"),
+    });
+    parts.headers.insert(header::HOST, host);
     Ok(Request::from_parts(parts, body))
-}
-
-/// `ip:port` of an instance, written by hand: `SocketAddr`'s `Display` goes through the
-/// formatting machinery, which stood out in profiles of the proxy path (bench/README.md).
-fn authority(addr: std::net::SocketAddr) -> http::uri::Authority {
-    let std::net::SocketAddr::V4(v4) = addr else {
-        return addr
-            .to_string()
-            .parse()
-            .unwrap_or(http::uri::Authority::from_static("localhost"));
-    };
-    let mut buf = [0u8; 21];
-    let mut n = headers::write_ipv4(&mut buf, v4.ip().octets());
-    buf[n] = b':';
-    n += 1;
-    n += headers::write_u16(&mut buf[n..], v4.port());
-    http::uri::Authority::try_from(&buf[..n])
-        .unwrap_or(http::uri::Authority::from_static("localhost"))
 }
 
 fn upstream_failed(e: impl std::fmt::Display) -> Response<Body> {
@@ -273,7 +255,7 @@ async fn forward(
         // A page that comes back uncompressed can get the activity script.
         req.headers_mut().remove(header::ACCEPT_ENCODING);
     }
-    let resp = match sh.upstream.request(req).await {
+    let resp = match sh.upstream.request(&upstream.addr, req).await {
         Ok(resp) => resp,
         Err(e) => return upstream_failed(e),
     };
@@ -327,7 +309,7 @@ async fn forward_upgrade(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let mut resp = match sh.upstream.request(req).await {
+    let mut resp = match sh.upstream.request(&upstream.addr, req).await {
         Ok(r) => r,
         Err(e) => return upstream_failed(e),
     };

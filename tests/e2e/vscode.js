@@ -113,6 +113,7 @@ async function main(out) {
   await poll('a WebSocket to the instance that receives frames', 60_000, () => liveSockets('first').length > 0);
   out.starting_page_seen = sawStarting('first');
   const workbenchUrl = page.url();
+  out.workbench_url = workbenchUrl;
   // The explorer lists the (empty) workspace once the remote file system answers.
   await page.waitForSelector('.explorer-folders-view, .explorer-viewlet', { state: 'attached', timeout: 60_000 });
   await sleep(2_000);
@@ -178,6 +179,7 @@ run('vscode.js', BUDGET_MS, main, {
   ok: false,
   starting_page_seen: false,
   wake_starting_page_seen: false,
+  workbench_url: '',
   timings: {},
   websockets: [],
   screenshots: [],

@@ -28,13 +28,27 @@ use tokio_rustls::client::TlsStream;
 pub const BIN: &str = env!("CARGO_BIN_EXE_vscode-on-demand");
 pub const UPSTREAM: &str = env!("CARGO_BIN_EXE_vod-upstream");
 
-/// The command template that runs `vod-upstream` as an instance, recording each start in
-/// `starts` and delaying its readiness by `delay_ms`.
+/// The command template that runs `vod-upstream` as an instance on its Unix socket, recording
+/// each start in `starts` and delaying its readiness by `delay_ms`.
 pub fn upstream_command(starts: &Path, delay_ms: u64) -> String {
     format!(
-        "{UPSTREAM} --port {{port}} --workspace {{workspace}} --starts-file {} --startup-delay-ms {delay_ms}",
+        "{UPSTREAM} --socket {{socket}} --workspace {{workspace}} --starts-file {} --startup-delay-ms {delay_ms}",
         starts.display()
     )
+}
+
+/// Server arguments that run `vod-upstream` instances without a sandbox: the suites that use
+/// them count starts in a file outside the data directory and follow instance processes by
+/// their PIDs, neither of which a sandbox lets through; `tests/sandbox.rs` covers the sandbox.
+pub fn unsandboxed(cmd: &str) -> Vec<&str> {
+    vec![
+        "--runtime",
+        "command",
+        "--command",
+        cmd,
+        "--sandbox",
+        "none",
+    ]
 }
 
 /// Lines in a starts file: how many times an instance process was started.
@@ -116,16 +130,24 @@ impl Server {
         let addr: SocketAddr = loop {
             let line = lines
                 .next()
-                .unwrap_or_else(|| panic!("server exited early; stdout: {stdout:?}"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "server exited early; stdout: {stdout:?}; its log ends:\n{}",
+                        log_tail(&data_dir.with_extension("server.log"), 30)
+                    )
+                })
                 .unwrap();
             stdout.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.trim_end_matches(')').parse().unwrap();
             }
         };
-        for _ in 0..5 {
-            if let Some(Ok(l)) = lines.next() {
-                stdout.push(l);
+        // The banner ends with its "Try:" line.
+        for l in lines.by_ref().map_while(Result::ok) {
+            let last = l.trim_start().starts_with("Try:");
+            stdout.push(l);
+            if last {
+                break;
             }
         }
         // Keep draining stdout so the server never blocks on a full pipe.
@@ -133,7 +155,12 @@ impl Server {
         let token = std::fs::read_to_string(data_dir.join("admin-token"))
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        let tls = client_tls(&data_dir.join("certs/ca.crt"));
+        let cert_dir = args
+            .iter()
+            .position(|a| *a == "--cert-dir")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(|| data_dir.join("certs"), PathBuf::from);
+        let tls = client_tls(&cert_dir.join("ca.crt"));
         let host_routing = stdout.iter().any(|l| l.contains("Routing:    host"));
         Server {
             child,
@@ -429,7 +456,7 @@ impl Fixture {
         std::fs::create_dir_all(&data).unwrap();
         let starts = dir.path().join("starts");
         let cmd = upstream_command(&starts, delay_ms);
-        let mut all = vec!["--runtime", "command", "--command", &cmd];
+        let mut all = unsandboxed(&cmd);
         all.extend_from_slice(args);
         let server = Server::start(&data, &all);
         Fixture {
@@ -442,7 +469,7 @@ impl Fixture {
     pub fn restart(&mut self, args: &[&str]) {
         self.server.terminate();
         let cmd = upstream_command(&self.starts, 0);
-        let mut all = vec!["--runtime", "command", "--command", &cmd];
+        let mut all = unsandboxed(&cmd);
         all.extend_from_slice(args);
         self.server = Server::start(&self.server.data_dir.clone(), &all);
     }

@@ -1,6 +1,7 @@
 //! A stand-in VS Code CLI and update service: the CLI is a shell script that serves with
-//! `vod-upstream` on the port it is given (on `$POD_IP` when run as a pod), requiring the
-//! `--connection-token` it is given, and records its arguments; the service answers `<version>/cli-alpine-<arch>/stable` with a redirect to a
+//! `vod-upstream` on the socket or port it is given (on `$POD_IP` when run as a pod), requiring
+//! the `--connection-token` it is given, and records its arguments; the service answers
+//! `<version>/cli-alpine-<arch>/stable` with a redirect to a
 //! tarball of it, counting downloads.
 
 use super::UPSTREAM;
@@ -17,7 +18,8 @@ pub fn fake_cli_tarball(dir: &Path) -> Vec<u8> {
     let src = dir.join("cli");
     std::fs::create_dir_all(&src).unwrap();
     let script = format!(
-        "#!/bin/sh\necho \"$@\" >> {args}\nwhile [ $# -gt 0 ]; do\n  case \"$1\" in --port) port=$2; shift;; --connection-token) tok=$2; shift;; esac\n  shift\ndone\n\
+        "#!/bin/sh\necho \"$@\" >> {args}\nwhile [ $# -gt 0 ]; do\n  case \"$1\" in --port) port=$2; shift;; --socket-path) socket=$2; shift;; --connection-token) tok=$2; shift;; esac\n  shift\ndone\n\
+         if [ -n \"$socket\" ]; then exec {up} --socket \"$socket\" --workspace \"$PWD\" ${{tok:+--connection-token \"$tok\"}}; fi\n\
          exec {up} --host \"${{POD_IP:-127.0.0.1}}\" --port \"$port\" --workspace \"$PWD\" ${{tok:+--connection-token \"$tok\"}}\n",
         args = dir.join("cli-args").display(),
         up = UPSTREAM,

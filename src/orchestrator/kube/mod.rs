@@ -11,7 +11,9 @@ mod pods;
 mod security;
 
 use super::{Observed, Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
-use crate::instance::{AccessToken, InstanceId, InstanceRecord, InstanceSpec, Upstream, UserId};
+use crate::instance::{
+    AccessToken, InstanceId, InstanceRecord, InstanceSpec, Upstream, UpstreamAddr, UserId,
+};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -365,7 +367,7 @@ impl Orchestrator for Kube {
             if let Some(addr) = pods.iter().find_map(ready_addr) {
                 return Ok(Started {
                     upstream: Upstream {
-                        addr,
+                        addr: UpstreamAddr::Tcp(addr),
                         strip_prefix: false,
                         secret: Some(secret),
                     },

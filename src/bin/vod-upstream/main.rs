@@ -11,6 +11,10 @@
 //! 403, except `/version`; a valid `tkn` is answered with a `vscode-tkn` cookie. VS Code checks
 //! WebSockets inside its own protocol; this server checks the handshake instead, which is what
 //! a client without the token runs into either way.
+//!
+//! With `--exec`, `POST .../exec` runs its body with `sh -c` and `GET .../connect?path=P`
+//! tries to connect to the Unix socket `P`: the sandbox tests act from inside an instance
+//! through them, as a user's code would.
 
 use std::{
     convert::Infallible,
@@ -45,6 +49,8 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
+mod inside;
+
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Static so that every `/big` response shares one buffer instead of allocating 64 KiB.
@@ -53,8 +59,14 @@ static BIG: [u8; 65536] = [b'x'; 65536];
 #[derive(Parser)]
 #[command(about = "HTTP + WebSocket stand-in for a VS Code instance (tests and benchmarks)")]
 struct Args {
+    #[arg(long, required_unless_present = "socket", conflicts_with = "socket")]
+    port: Option<u16>,
+    /// Listen on this Unix socket instead of a TCP port.
     #[arg(long)]
-    port: u16,
+    socket: Option<PathBuf>,
+    /// Serve `/exec` and `/connect` (commands run as the instance).
+    #[arg(long)]
+    exec: bool,
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// Delay before binding, to simulate a slow VS Code start.
@@ -157,33 +169,68 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(args.startup_delay_ms)).await;
 
-    let listener = TcpListener::bind((args.host, args.port))
-        .await
-        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
-    let token = connection_token(&args)?;
-    let workspace = Arc::new(args.workspace);
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Usually fd exhaustion under benchmark load: back off instead of spinning.
-                eprintln!("vod-upstream: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+    let server = Server {
+        workspace: Arc::new(args.workspace.clone()),
+        exec: args.exec,
+        token: connection_token(&args)?,
+        builder: auto::Builder::new(TokioExecutor::new()),
+    };
+    if let Some(path) = &args.socket {
+        // A socket left by an earlier run would make the bind fail.
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("binding {}", path.display()))?;
+        loop {
+            match listener.accept().await {
+                Ok((unix, _)) => server.serve(unix),
+                Err(err) => backoff(err).await,
             }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (builder, workspace, token) = (builder.clone(), workspace.clone(), token.clone());
+        }
+    }
+    let port = args.port.unwrap_or_default();
+    let listener = TcpListener::bind((args.host, port))
+        .await
+        .with_context(|| format!("binding {}:{port}", args.host))?;
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                server.serve(tcp);
+            }
+            Err(err) => backoff(err).await,
+        }
+    }
+}
+
+async fn backoff(err: std::io::Error) {
+    // Usually fd exhaustion under benchmark load: back off instead of spinning.
+    eprintln!("vod-upstream: accept failed: {err}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+struct Server {
+    workspace: Arc<Option<PathBuf>>,
+    exec: bool,
+    token: Option<Arc<str>>,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Server {
+    fn serve<S>(&self, io: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (builder, workspace, exec) = (self.builder.clone(), self.workspace.clone(), self.exec);
+        let token = self.token.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let (workspace, token) = (workspace.clone(), token.clone());
                 async move {
                     let response = match access(&req, token.as_deref()) {
                         Access::Forbidden => text(StatusCode::FORBIDDEN, "Forbidden."),
-                        Access::Allowed => handle(req, workspace.as_deref()).await,
+                        Access::Allowed => handle(req, workspace.as_deref(), exec).await,
                         Access::AllowedByQuery => {
-                            let mut r = handle(req, workspace.as_deref()).await;
+                            let mut r = handle(req, workspace.as_deref(), exec).await;
                             let cookie = format!(
                                 "vscode-tkn={}; SameSite=Lax; Max-Age=604800",
                                 token.as_deref().unwrap_or_default()
@@ -199,15 +246,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             });
             // Connection errors are the client's business (resets, aborted uploads).
             let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .await;
         });
     }
 }
 
-async fn handle(req: Request<Incoming>, workspace: Option<&Path>) -> Response<Body> {
+async fn handle(req: Request<Incoming>, workspace: Option<&Path>, exec: bool) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    if path.ends_with("/ws") && is_websocket_upgrade(req.headers()) {
+    if exec && path.ends_with("/exec") && req.method() == Method::POST {
+        inside::run_shell(req).await
+    } else if exec && path.ends_with("/connect") {
+        inside::connect(req.uri().query().unwrap_or(""))
+    } else if path.ends_with("/ws") && is_websocket_upgrade(req.headers()) {
         websocket(req)
     } else if path.contains("/echo") {
         echo(req).await
@@ -266,11 +317,15 @@ fn document(headers: &HeaderMap) -> Response<Body> {
     response
 }
 
-fn full(body: impl Into<Bytes>) -> Body {
+pub(crate) fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).boxed_unsync()
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Body,
+) -> Response<Body> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -278,7 +333,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: Body) -> Respon
     response
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     respond(status, "text/plain", full(body))
 }
 
