@@ -5,7 +5,7 @@ use crate::config::{Backend, ServeConfig};
 use crate::error::StartupError;
 use crate::http::conns::ConnLimits;
 use crate::http::origin::Origins;
-use crate::instance::{AccessToken, SpecDefaults, State};
+use crate::instance::{AccessToken, SpecDefaults, StopReason};
 use crate::lifecycle::{Lifecycle, Reaper};
 use crate::orchestrator::kube::{Kube, KubeSettings};
 use crate::orchestrator::local::Local;
@@ -210,7 +210,7 @@ impl App {
             }
         };
         for rec in orchestrator.load().await? {
-            registry.insert(registry.instance(rec, State::Stopped));
+            registry.insert(registry.instance(rec));
         }
         let shutdown = CancellationToken::new();
         let lifecycle = Arc::new(Lifecycle {
@@ -271,8 +271,7 @@ impl App {
     /// Serves until shutdown, then drains connections and stops every instance.
     pub async fn run(self) {
         let reaper = Reaper::new(self.lifecycle.clone(), self.cfg.reap_interval);
-        // The guess table bounds itself; nothing else to tidy on the reaper's ticks.
-        let reaper = tokio::spawn(reaper.run(|| {}));
+        let reaper = tokio::spawn(reaper.run());
         let follower = tokio::spawn(self.lifecycle.clone().follow());
         server::run(
             self.listener,
@@ -293,9 +292,7 @@ impl App {
         let _ = reaper.await;
         let _ = follower.await;
         if self.lifecycle.orchestrator.instances_end_with_server() {
-            self.lifecycle
-                .stop_all(crate::lifecycle::reason::SHUTDOWN)
-                .await;
+            self.lifecycle.stop_all(StopReason::Shutdown).await;
         }
         for inst in self.lifecycle.registry.all() {
             let _ = self.lifecycle.orchestrator.save(&inst.record()).await;

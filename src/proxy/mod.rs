@@ -15,9 +15,9 @@ mod tunnel;
 use crate::http::conns::Conn;
 use crate::http::failure::Failure;
 use crate::http::{events, request_host, Body, BoxError};
-use crate::instance::{State, Upstream, UpstreamAddr};
-use crate::lifecycle::{policy, reason};
-use crate::registry::{ActivityGuard, Instance, Status};
+use crate::instance::{State, Status, StopReason, Upstream, UpstreamAddr};
+use crate::lifecycle::policy;
+use crate::registry::{ActivityGuard, Instance};
 use crate::state::Shared;
 use activity::Source;
 use auth::Presented;
@@ -87,7 +87,7 @@ pub async fn handle(
         None => {
             let status = inst.status();
             if status.state != State::Starting
-                && !policy::may_start(status.stop_reason.as_deref(), source.trigger())
+                && !policy::may_start(status.stop_reason.as_ref(), source.trigger())
             {
                 return stopped(&inst, &status).response();
             }
@@ -119,13 +119,14 @@ fn deny(navigation: bool, wrong: bool) -> Response<Body> {
 /// The answer to a page's own requests (VS Code reconnecting) while the instance is stopped
 /// for a reason they must not undo; the page's activity script explains and offers to resume.
 fn stopped(inst: &Instance, status: &Status) -> Failure {
-    let why = match status.stop_reason.as_deref() {
-        Some(reason::IDLE) => format!(
+    let why = match &status.stop_reason {
+        Some(StopReason::Idle) => format!(
             "stopped after {} without activity",
             humantime::format_duration(std::time::Duration::from_secs(inst.spec.idle_timeout_secs))
         ),
-        Some(reason::API) => "stopped through the API".to_owned(),
-        other => format!("stopped ({})", other.unwrap_or("unknown reason")),
+        Some(StopReason::Api) => "stopped through the API".to_owned(),
+        Some(other) => format!("stopped ({other})"),
+        None => "stopped (unknown reason)".to_owned(),
     };
     Failure::instance(
         StatusCode::SERVICE_UNAVAILABLE,
