@@ -13,7 +13,7 @@ use crate::orchestrator::sandbox::Sandbox;
 use crate::orchestrator::Orchestrator;
 use crate::registry::Registry;
 use crate::server::{self, ServerLimits};
-use crate::state::Shared;
+use crate::shared::Shared;
 use crate::tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

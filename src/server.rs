@@ -7,7 +7,7 @@ use crate::http::origin::Site;
 use crate::http::response::{html, page};
 use crate::http::router::{route, Route};
 use crate::http::{request_host, Body};
-use crate::state::Shared;
+use crate::shared::Shared;
 use crate::{api, proxy};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;

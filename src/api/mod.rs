@@ -11,7 +11,7 @@ use crate::http::{events, Body};
 use crate::instance::{CreateRequest, InstanceId, State, StopReason, UserId};
 use crate::lifecycle::LifecycleError;
 use crate::registry::Instance;
-use crate::state::Shared;
+use crate::shared::Shared;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;

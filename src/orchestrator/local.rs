@@ -172,7 +172,7 @@ impl Local {
 /// Whether the instance answers `GET path` below 500, over the connection the proxy would use.
 async fn answers(addr: &UpstreamAddr, path: &str) -> bool {
     let probe = async {
-        let mut conn = crate::state::connect(addr).await.ok()?;
+        let mut conn = crate::upstream::connect(addr).await.ok()?;
         let req = http::Request::get(path)
             .header(http::header::HOST, "localhost")
             .body(http_body_util::Empty::<bytes::Bytes>::new())

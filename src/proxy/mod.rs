@@ -18,7 +18,7 @@ use crate::http::{events, request_host, Body, BoxError};
 use crate::instance::{State, Status, StopReason, Upstream, UpstreamAddr};
 use crate::lifecycle::policy;
 use crate::registry::{ActivityGuard, Instance};
-use crate::state::Shared;
+use crate::shared::Shared;
 use activity::Source;
 use auth::Presented;
 use bytes::Bytes;

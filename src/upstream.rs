@@ -1,17 +1,15 @@
-//! What every request handler shares: the lifecycle (and through it the registry and backend),
-//! the admin token, the origins, defaults, the upstream client and the auth rate limiter.
+//! Reaching instances: a connection to an instance's address (TCP or Unix socket) with an
+//! HTTP/1.1 handshake, and the keep-alive pool the proxy sends requests through. The local
+//! backend's readiness probes connect the same way.
 
-use crate::http::guesses::{self, Guesses};
-use crate::http::origin::Origins;
-use crate::instance::{AccessToken, SpecDefaults, UpstreamAddr};
-use crate::lifecycle::Lifecycle;
+use crate::instance::UpstreamAddr;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,38 +149,4 @@ where
         }
     });
     Ok(send)
-}
-
-pub struct Shared {
-    pub lifecycle: Arc<Lifecycle>,
-    pub admin_token: AccessToken,
-    /// The public URL, and the origin of each instance.
-    pub origins: Origins,
-    pub defaults: SpecDefaults,
-    pub upstream: UpstreamClient,
-    /// Failed token checks per client.
-    pub guesses: Guesses,
-    /// A WebSocket tunnel with no bytes either way for this long is closed.
-    pub tunnel_idle_timeout: Duration,
-}
-
-impl Shared {
-    pub fn new(
-        lifecycle: Arc<Lifecycle>,
-        admin_token: AccessToken,
-        origins: Origins,
-        defaults: SpecDefaults,
-        auth_failures_per_minute: u32,
-    ) -> Self {
-        let upstream = UpstreamClient::default();
-        Self {
-            lifecycle,
-            admin_token,
-            origins,
-            defaults,
-            upstream,
-            guesses: Guesses::new(auth_failures_per_minute, guesses::TABLE_SIZE),
-            tunnel_idle_timeout: Duration::from_secs(600),
-        }
-    }
 }
