@@ -354,10 +354,11 @@ impl Orchestrator for Local {
         };
         let group = Pid::from_raw(proc.pgid);
         if !*proc.exited.borrow() {
-            // The program gets SIGTERM to save its state; with bwrap it runs in a session of
-            // its own, two processes below the one this server started.
-            if let Some(main) = self.sandbox.main_process(proc.pgid) {
-                let _ = killpg(Pid::from_raw(main), Signal::SIGTERM);
+            // The program and everything it started get SIGTERM to save their state and go
+            // together (a program waiting for children it alone told to stop would use up the
+            // grace); with bwrap they run below the sandbox's init, in sessions of their own.
+            for pid in self.sandbox.program_processes(proc.pgid) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
             let exited = tokio::time::timeout(STOP_GRACE, proc.exited.wait_for(|e| *e)).await;
             if exited.is_err() {
