@@ -14,6 +14,7 @@ mod tunnel;
 
 use crate::http::conns::Conn;
 use crate::http::failure::Failure;
+use crate::http::router::OwnPage;
 use crate::http::{events, request_host, Body, BoxError};
 use crate::instance::{State, Status, StopReason, Upstream, UpstreamAddr};
 use crate::lifecycle::policy;
@@ -31,49 +32,34 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// Serves `/instances/<id><rest>`; `id` has passed the router's character check.
+/// What a request to an instance asks for: our own page, or the instance.
+pub enum Target<'a> {
+    Own(OwnPage),
+    /// The path after `/instances/<id>`, starting with '/'.
+    Forward(&'a str),
+}
+
+/// Serves a request under `/instances/<id>/`, in phases: authenticate → our own pages →
+/// admit (the instance runs, is started, or the request is held or refused) → forward (and
+/// respond as the instance does). `id` has passed the router's character check.
 pub async fn handle(
     sh: &Arc<Shared>,
     id: &str,
-    rest: &str,
+    target: Target<'_>,
     req: Request<Incoming>,
     peer: IpAddr,
     conn: &Arc<Conn>,
 ) -> Response<Body> {
     let websocket = headers::is_websocket(req.headers());
     let source = Source::of(req.method(), req.headers(), websocket);
-    let navigation = source == Source::Navigation;
-    let inst = sh.lifecycle.registry.get_str(id);
-    let host_routing = sh.origins.host_routing();
-    let cookie = auth::cookie_name(host_routing);
-    let presented = auth::check(inst.as_deref(), req.headers(), req.uri().query(), cookie);
-    let inst = match (inst, presented) {
-        (Some(inst), Presented::Exchange) => return exchange(&inst, rest, req.uri(), host_routing),
-        (Some(inst), Presented::Valid) => inst,
-        (_, Presented::Nothing) => return deny(navigation, false),
-        // A wrong token or cookie counts against the client, so guessing is slowed down.
-        _ if !sh.guesses.failed(peer) => return Failure::rate_limited().response(),
-        _ => return deny(navigation, true),
+    let inst = match authenticate(sh, id, &req, peer, source) {
+        Ok(inst) => inst,
+        Err(r) => return r,
     };
-
-    if let Some(own) = rest.strip_prefix(pages::PREFIX) {
-        let notice = sh.defaults.idle_notice_secs;
-        return match own {
-            "events" => events::stream(inst, sh.lifecycle.start_timeout * 2),
-            "starting.js" => pages::starting_js(),
-            "activity.js" => activity::script(),
-            "activity" => activity::report(
-                &inst,
-                req.method(),
-                req.headers(),
-                req.uri().query(),
-                notice,
-            ),
-            "idle" => activity::idle(&inst, notice),
-            _ => Failure::not_found("no such page").response(),
-        };
-    }
-
+    let rest = match target {
+        Target::Own(page) => return own_page(sh, inst, page, &req),
+        Target::Forward(rest) => rest,
+    };
     if websocket && !origin_matches(&req) {
         return Failure::client(
             StatusCode::FORBIDDEN,
@@ -82,30 +68,90 @@ pub async fn handle(
         )
         .response();
     }
-    let upstream = match inst.running_upstream() {
-        Some(u) => u,
-        None => {
-            let status = inst.status();
-            if status.state != State::Starting
-                && !policy::may_start(status.stop_reason.as_ref(), source.trigger())
-            {
-                return stopped(&inst, &status).response();
-            }
-            if navigation {
-                sh.lifecycle.begin_start(&inst);
-                return pages::starting(inst.id.as_str(), &inst.status().message);
-            }
-            match sh.lifecycle.ensure_running(&inst).await {
-                Ok(u) => u,
-                Err(e) => return Failure::from(e).response(),
-            }
-        }
+    let upstream = match admit(sh, &inst, source).await {
+        Ok(u) => u,
+        Err(r) => return r,
     };
     if websocket {
         forward_upgrade(sh, inst, upstream, rest, req, peer, conn.clone()).await
     } else {
         forward(sh, &inst, upstream, rest, req, peer, source).await
     }
+}
+
+/// The instance, if the request carries its token or cookie; a valid `?tkn=` is answered by
+/// the exchange for a cookie, and a wrong credential counts against the client.
+fn authenticate(
+    sh: &Shared,
+    id: &str,
+    req: &Request<Incoming>,
+    peer: IpAddr,
+    source: Source,
+) -> Result<Arc<Instance>, Response<Body>> {
+    let navigation = source == Source::Navigation;
+    let inst = sh.lifecycle.registry.get_str(id);
+    let host_routing = sh.origins.host_routing();
+    let cookie = auth::cookie_name(host_routing);
+    let presented = auth::check(inst.as_deref(), req.headers(), req.uri().query(), cookie);
+    match (inst, presented) {
+        (Some(inst), Presented::Exchange) => Err(exchange(&inst, req.uri(), host_routing)),
+        (Some(inst), Presented::Valid) => Ok(inst),
+        (_, Presented::Nothing) => Err(deny(navigation, false)),
+        // A wrong token or cookie counts against the client, so guessing is slowed down.
+        _ if !sh.guesses.failed(peer) => Err(Failure::rate_limited().response()),
+        _ => Err(deny(navigation, true)),
+    }
+}
+
+/// Our own pages beside the instance's: start progress, the scripts, activity reports.
+fn own_page(
+    sh: &Shared,
+    inst: Arc<Instance>,
+    page: OwnPage,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    let notice = sh.defaults.idle_notice_secs;
+    match page {
+        OwnPage::Events => events::stream(inst, sh.lifecycle.start_timeout * 2),
+        OwnPage::StartingJs => pages::starting_js(),
+        OwnPage::ActivityJs => activity::script(),
+        OwnPage::Activity => activity::report(
+            &inst,
+            req.method(),
+            req.headers(),
+            req.uri().query(),
+            notice,
+        ),
+        OwnPage::Idle => activity::idle(&inst, notice),
+        OwnPage::Unknown => Failure::not_found("no such page").response(),
+    }
+}
+
+/// The running instance's address: at once when it runs; otherwise a navigation gets the
+/// starting page while it starts, other requests wait for it (bounded by the start timeout),
+/// and an open page's own requests are refused after a stop they must not undo.
+async fn admit(
+    sh: &Arc<Shared>,
+    inst: &Arc<Instance>,
+    source: Source,
+) -> Result<Upstream, Response<Body>> {
+    if let Some(u) = inst.running_upstream() {
+        return Ok(u);
+    }
+    let status = inst.status();
+    if status.state != State::Starting
+        && !policy::may_start(status.stop_reason.as_ref(), source.trigger())
+    {
+        return Err(stopped(inst, &status).response());
+    }
+    if source == Source::Navigation {
+        sh.lifecycle.begin_start(inst);
+        return Err(pages::starting(inst.id.as_str(), &inst.status().message));
+    }
+    sh.lifecycle
+        .ensure_running(inst)
+        .await
+        .map_err(|e| Failure::from(e).response())
 }
 
 fn deny(navigation: bool, wrong: bool) -> Response<Body> {
@@ -161,9 +207,10 @@ fn origin_matches(req: &Request<Incoming>) -> bool {
 
 /// Trades a valid `?tkn=` for a cookie and sends the browser to the same URL without it, so
 /// the token stays out of history, logs and `Referer`.
-fn exchange(inst: &Instance, rest: &str, uri: &Uri, host_routing: bool) -> Response<Body> {
+fn exchange(inst: &Instance, uri: &Uri, host_routing: bool) -> Response<Body> {
     let (_, query) = auth::split_tkn(uri.query());
-    let mut location = format!("/instances/{}{rest}", inst.id);
+    // The router checked that the path names this instance and nothing ambiguous.
+    let mut location = uri.path().to_owned();
     if !query.is_empty() {
         location.push('?');
         location.push_str(&query);
