@@ -15,6 +15,7 @@ use crate::registry::Registry;
 use crate::server::{self, ServerLimits};
 use crate::shared::Shared;
 use crate::tls;
+use crate::upstream::UpstreamClient;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -236,6 +237,8 @@ impl App {
             cfg.auth_failures_per_minute,
         );
         shared.tunnel_idle_timeout = cfg.tunnel_idle_timeout;
+        shared.upstream =
+            UpstreamClient::new(cfg.upstream_connect_timeout, cfg.upstream_response_timeout);
         let shared = Arc::new(shared);
         // Lets the client subcommands find this server without flags.
         let discovery = serde_json::json!({ "api_url": public_url, "ca_cert": ca_cert });

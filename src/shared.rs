@@ -30,7 +30,7 @@ impl Shared {
         defaults: SpecDefaults,
         auth_failures_per_minute: u32,
     ) -> Self {
-        let upstream = UpstreamClient::default();
+        let upstream = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(60));
         Self {
             lifecycle,
             admin_token,

@@ -9,6 +9,7 @@ use crate::http::{Body, BoxError};
 use crate::instance::{Upstream, UpstreamAddr};
 use crate::registry::{ActivityGuard, Instance};
 use crate::shared::Shared;
+use crate::upstream::UpstreamError;
 use activity::Source;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -71,13 +72,28 @@ fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
-fn upstream_failed(e: impl std::fmt::Display) -> Response<Body> {
-    Failure::instance(
-        StatusCode::BAD_GATEWAY,
-        "upstream_failed",
-        format!("the instance did not answer: {e}"),
-    )
-    .response()
+/// The instance refused, broke or did not answer the exchange: 502, or 504 when it took too
+/// long; a browser loading a page gets a page that says so.
+fn upstream_failed(e: UpstreamError, navigation: bool) -> Response<Body> {
+    let f = if e.is_timeout() {
+        Failure::instance(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("the instance did not answer in time: {e}"),
+        )
+        .retry_after("5")
+    } else {
+        Failure::instance(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            format!("the instance did not answer: {e}"),
+        )
+    };
+    if navigation {
+        f.page()
+    } else {
+        f.response()
+    }
 }
 
 pub async fn forward(
@@ -103,7 +119,7 @@ pub async fn forward(
     }
     let resp = match sh.upstream.request(&upstream.addr, req).await {
         Ok(resp) => resp,
-        Err(e) => return upstream_failed(e),
+        Err(e) => return upstream_failed(e, source == Source::Navigation),
     };
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
@@ -126,7 +142,14 @@ pub async fn forward(
     let body = match script_tag {
         Some(tag) if inject::wanted(&parts) => match inject::page(&mut parts, body, &tag).await {
             Ok(b) => b,
-            Err(e) => return upstream_failed(e),
+            Err(e) => {
+                return Failure::instance(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    format!("the instance broke off its page: {e}"),
+                )
+                .response()
+            }
         },
         _ => body.map_err(BoxError::from).boxed(),
     };
@@ -157,7 +180,7 @@ pub async fn forward_upgrade(
     };
     let mut resp = match sh.upstream.request(&upstream.addr, req).await {
         Ok(r) => r,
-        Err(e) => return upstream_failed(e),
+        Err(e) => return upstream_failed(e, false),
     };
     auth::confine_set_cookie(
         resp.headers_mut(),
