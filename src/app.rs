@@ -6,7 +6,7 @@ use crate::error::StartupError;
 use crate::http::conns::ConnLimits;
 use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults, StopReason};
-use crate::lifecycle::{Lifecycle, Reaper};
+use crate::lifecycle::{Capacity, Lifecycle, Reaper};
 use crate::orchestrator::kube::{Kube, KubeSettings};
 use crate::orchestrator::local::Local;
 use crate::orchestrator::sandbox::Sandbox;
@@ -219,6 +219,11 @@ impl App {
             orchestrator,
             start_timeout: cfg.start_timeout,
             shutdown: shutdown.clone(),
+            capacity: Capacity::new(
+                cfg.max_instances_per_user,
+                cfg.max_running,
+                cfg.max_concurrent_starts,
+            ),
         });
         let defaults = SpecDefaults {
             idle_timeout_secs: cfg.idle_timeout.as_secs().max(1),

@@ -195,6 +195,15 @@ pub struct ServeConfig {
     /// keepalives every few seconds while a tab is open).
     #[arg(long, env = "VOD_TUNNEL_IDLE_TIMEOUT", value_parser = duration, default_value = "10m")]
     pub tunnel_idle_timeout: Duration,
+    /// Most instances one user may have (creating more answers 409).
+    #[arg(long, env = "VOD_MAX_INSTANCES_PER_USER", default_value_t = 10)]
+    pub max_instances_per_user: usize,
+    /// Most instances running or starting at once (starting more answers 429).
+    #[arg(long, env = "VOD_MAX_RUNNING", default_value_t = 50)]
+    pub max_running: usize,
+    /// Most starts in progress at once; more wait their turn (the starting page says so).
+    #[arg(long, env = "VOD_MAX_CONCURRENT_STARTS", default_value_t = 4)]
+    pub max_concurrent_starts: usize,
     /// How long connecting to an instance may take (then 504).
     #[arg(long, env = "VOD_UPSTREAM_CONNECT_TIMEOUT", value_parser = duration, default_value = "5s")]
     pub upstream_connect_timeout: Duration,

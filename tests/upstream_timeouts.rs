@@ -53,7 +53,9 @@ async fn a_hung_instance_is_answered_504_and_the_rest_goes_on() {
             .request(Method::GET, &format!("/instances/{}{rest}", c.id))
             .header("cookie", s.cookie(&c.token));
         if navigation {
-            b = b.header("sec-fetch-mode", "navigate").header("accept", "text/html");
+            b = b
+                .header("sec-fetch-mode", "navigate")
+                .header("accept", "text/html");
         }
         b.body(Full::default()).unwrap()
     };
@@ -79,5 +81,9 @@ async fn a_hung_instance_is_answered_504_and_the_rest_goes_on() {
     assert!(body_text(r).await.contains("did not answer in time"));
 
     let r = s.send(get("/", false)).await;
-    assert_eq!(r.status(), StatusCode::OK, "other requests are still served");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "other requests are still served"
+    );
 }

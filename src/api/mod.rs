@@ -123,6 +123,9 @@ fn failure(e: LifecycleError, code: &str) -> Failure {
         e @ LifecycleError::NotRunning { .. } => {
             Failure::client(StatusCode::CONFLICT, "not_running", e)
         }
+        e @ LifecycleError::TooManyInstances { .. } => {
+            Failure::client(StatusCode::CONFLICT, "too_many_instances", e)
+        }
         LifecycleError::Backend(e) => Failure::ours(code, e),
     }
 }

@@ -132,6 +132,9 @@ impl From<StartError> for Failure {
             StartError::Failed(_) => {
                 Self::instance(StatusCode::BAD_GATEWAY, "start_failed", e).retry_after("5")
             }
+            StartError::AtCapacity(_) => {
+                Self::client(StatusCode::TOO_MANY_REQUESTS, "at_capacity", e).retry_after("30")
+            }
             _ => Self::instance(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e).retry_after("5"),
         }
     }

@@ -4,8 +4,11 @@
 //! policy and the reaper. Every state change is a named transition of
 //! [`crate::instance::Status`].
 
+mod capacity;
 pub mod policy;
 mod reaper;
+
+pub use capacity::Capacity;
 
 pub use policy::Trigger;
 pub use reaper::Reaper;
@@ -30,6 +33,8 @@ pub enum StartError {
     Gone,
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error("{0} instances are running or starting, the most this server runs at once (--max-running); try again when one stops")]
+    AtCapacity(usize),
 }
 
 /// Why a create, delete or keepalive did not happen; nothing was changed.
@@ -39,6 +44,8 @@ pub enum LifecycleError {
     Invalid(#[from] Invalid),
     #[error("instance {id} is {state}: start it first (POST /api/instances/{id}/start)")]
     NotRunning { id: InstanceId, state: &'static str },
+    #[error("user {user} has {count} instances, the most one user may have (--max-instances-per-user); delete one first")]
+    TooManyInstances { user: String, count: usize },
     #[error("{0}")]
     Backend(#[from] OrchestratorError),
 }
@@ -49,17 +56,33 @@ pub struct Lifecycle {
     pub orchestrator: Arc<dyn Orchestrator>,
     pub start_timeout: Duration,
     pub shutdown: CancellationToken,
+    pub capacity: Capacity,
 }
 
 impl Lifecycle {
     /// Moves a stopped or failed instance to `Starting` and runs the start in the background.
     /// Returns whether this call began a start: of concurrent callers exactly one does, since
-    /// the check and the transition happen under the status lock.
-    pub fn begin_start(self: &Arc<Self>, inst: &Arc<Instance>) -> bool {
+    /// the check and the transition happen under the status lock. Refused while as many
+    /// instances as `--max-running` allows run or start.
+    pub fn begin_start(self: &Arc<Self>, inst: &Arc<Instance>) -> Result<bool, StartError> {
         if self.shutdown.is_cancelled() {
-            return false;
+            return Ok(false);
         }
-        let began = inst.update(Status::starting);
+        let began = {
+            let _gate = self.capacity.gate();
+            if matches!(inst.state(), State::Stopped | State::Failed) {
+                let active = self
+                    .registry
+                    .all()
+                    .iter()
+                    .filter(|i| matches!(i.state(), State::Starting | State::Running))
+                    .count();
+                if active >= self.capacity.max_running {
+                    return Err(StartError::AtCapacity(active));
+                }
+            }
+            inst.update(Status::starting)
+        };
         if began {
             tracing::info!(instance = %inst.id, "starting");
             inst.touch();
@@ -68,10 +91,17 @@ impl Lifecycle {
             // Spawned, so that a visitor who gives up does not cancel the start for others.
             tokio::spawn(async move { this.run_start(inst).await });
         }
-        began
+        Ok(began)
     }
 
     async fn run_start(self: Arc<Self>, inst: Arc<Instance>) {
+        // Starts beyond --max-concurrent-starts wait their turn, and say so.
+        let turn = self
+            .capacity
+            .start_turn(|ahead| {
+                inst.update(|s| s.progress(&format!("queued: {ahead} start(s) ahead")));
+            })
+            .await;
         let rec = inst.record();
         let progress_inst = inst.clone();
         let progress = Arc::new(move |m: &str| {
@@ -90,6 +120,8 @@ impl Lifecycle {
                 ))
             }
         };
+        // The start is done either way: the next one may go.
+        drop(turn);
         match result {
             Ok(started) => {
                 let upstream = started.upstream;
@@ -139,7 +171,7 @@ impl Lifecycle {
             return Ok(u);
         }
         let mut rx = inst.subscribe();
-        self.begin_start(inst);
+        self.begin_start(inst)?;
         let wait = async {
             loop {
                 let status: Status = rx.borrow_and_update().clone();
@@ -151,7 +183,7 @@ impl Lifecycle {
                     }
                     State::Failed => return Err(StartError::Failed(status.message)),
                     State::Stopped => {
-                        self.begin_start(inst);
+                        self.begin_start(inst)?;
                     }
                     _ => {}
                 }
@@ -192,6 +224,13 @@ impl Lifecycle {
         defaults: &SpecDefaults,
     ) -> Result<Arc<Instance>, LifecycleError> {
         let (user, spec) = req.validate(defaults)?;
+        let count = self.registry.of_user(&user).len();
+        if count >= self.capacity.max_per_user {
+            return Err(LifecycleError::TooManyInstances {
+                user: user.to_string(),
+                count,
+            });
+        }
         let id = loop {
             let id = InstanceId::generate(&user);
             if self.registry.get(&id).is_none() {
@@ -403,6 +442,7 @@ mod tests {
             ),
             start_timeout: Duration::from_secs(1),
             shutdown: CancellationToken::new(),
+            capacity: Capacity::default(),
         };
         lc.apply(seen(None, false));
         let inst = lc.registry.all().pop().unwrap();

@@ -125,6 +125,7 @@ mod tests {
             orchestrator: Arc::new(local),
             start_timeout: Duration::from_secs(5),
             shutdown: CancellationToken::new(),
+            capacity: crate::lifecycle::Capacity::default(),
         });
         let reaper = Reaper::new(lifecycle.clone(), INTERVAL);
         tokio::spawn(reaper.run());

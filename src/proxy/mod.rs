@@ -141,8 +141,10 @@ async fn admit(
         return Err(stopped(inst, &status).response());
     }
     if source == Source::Navigation {
-        sh.lifecycle.begin_start(inst);
-        return Err(pages::starting(inst.id.as_str(), &inst.status().message));
+        return Err(match sh.lifecycle.begin_start(inst) {
+            Ok(_) => pages::starting(inst.id.as_str(), &inst.status().message),
+            Err(e) => Failure::from(e).page(),
+        });
     }
     sh.lifecycle
         .ensure_running(inst)
