@@ -381,14 +381,38 @@ impl Lifecycle {
     }
 }
 
+/// A lifecycle over the local backend in `dir` that starts nothing real, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_lifecycle(dir: &std::path::Path, registry: Registry) -> Lifecycle {
+    use crate::orchestrator::local::Local;
+    use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
+    use crate::orchestrator::sandbox::{Sandbox, SandboxMode};
+    let runtime = RuntimeConfig {
+        kind: RuntimeKind::Command,
+        code_server: None,
+        code_cli: None,
+        command: Some("true".into()),
+        download_url: String::new(),
+        port_forwarding: false,
+    };
+    let sandbox = Sandbox::resolve(SandboxMode::None).expect("no sandbox needs nothing");
+    let local = Local::new(dir.to_owned(), &dir.join("certs"), runtime, sandbox)
+        .expect("a local backend in a temporary directory");
+    Lifecycle {
+        registry: Arc::new(registry),
+        orchestrator: Arc::new(local),
+        start_timeout: Duration::from_secs(5),
+        shutdown: CancellationToken::new(),
+        capacity: Capacity::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! How a follower takes in what other servers did to an instance's stop reason.
 
     use super::*;
     use crate::instance::{AccessToken, CreateRequest, InstanceId, InstanceRecord, SpecDefaults};
-    use crate::orchestrator::local::Local;
-    use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
 
     fn record(stop_reason: Option<StopReason>) -> InstanceRecord {
         let (user, spec) = CreateRequest {
@@ -418,32 +442,7 @@ mod tests {
     #[test]
     fn stop_reasons_follow_the_backend() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = RuntimeConfig {
-            kind: RuntimeKind::Command,
-            code_server: None,
-            code_cli: None,
-            command: Some("true".into()),
-            download_url: String::new(),
-            port_forwarding: false,
-        };
-        let lc = Lifecycle {
-            registry: Arc::new(Registry::new()),
-            orchestrator: Arc::new(
-                Local::new(
-                    dir.path().to_owned(),
-                    &dir.path().join("certs"),
-                    runtime,
-                    crate::orchestrator::sandbox::Sandbox::resolve(
-                        crate::orchestrator::sandbox::SandboxMode::None,
-                    )
-                    .unwrap(),
-                )
-                .unwrap(),
-            ),
-            start_timeout: Duration::from_secs(1),
-            shutdown: CancellationToken::new(),
-            capacity: Capacity::default(),
-        };
+        let lc = test_lifecycle(dir.path(), Registry::new());
         lc.apply(seen(None, false));
         let inst = lc.registry.all().pop().unwrap();
         let reason = || inst.status().stop_reason;

@@ -86,11 +86,8 @@ mod tests {
 
     use super::*;
     use crate::instance::{AccessToken, CreateRequest, InstanceId, SpecDefaults, UserId};
-    use crate::orchestrator::local::Local;
-    use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
     use crate::registry::{Clock, Instance, Registry};
     use tokio::time::{sleep, Instant};
-    use tokio_util::sync::CancellationToken;
 
     const TIMEOUT: Duration = Duration::from_secs(20);
     const INTERVAL: Duration = Duration::from_secs(1);
@@ -102,31 +99,10 @@ mod tests {
 
     fn setup() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = RuntimeConfig {
-            kind: RuntimeKind::Command,
-            code_server: None,
-            code_cli: None,
-            command: Some("true".into()),
-            download_url: String::new(),
-            port_forwarding: false,
-        };
-        let local = Local::new(
-            dir.path().to_owned(),
-            &dir.path().join("certs"),
-            runtime,
-            crate::orchestrator::sandbox::Sandbox::resolve(
-                crate::orchestrator::sandbox::SandboxMode::None,
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let lifecycle = Arc::new(Lifecycle {
-            registry: Arc::new(Registry::with_clock(Clock::tokio())),
-            orchestrator: Arc::new(local),
-            start_timeout: Duration::from_secs(5),
-            shutdown: CancellationToken::new(),
-            capacity: crate::lifecycle::Capacity::default(),
-        });
+        let lifecycle = Arc::new(super::super::test_lifecycle(
+            dir.path(),
+            Registry::with_clock(Clock::tokio()),
+        ));
         let reaper = Reaper::new(lifecycle.clone(), INTERVAL);
         tokio::spawn(reaper.run());
         Setup {
