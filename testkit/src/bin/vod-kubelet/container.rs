@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     pin::Pin,
     process::{ExitStatus, Stdio},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -30,6 +30,10 @@ use tokio::{
     time::{sleep, sleep_until, timeout, Instant},
 };
 use tracing::{debug, info, warn};
+use vod_testkit::{
+    client::send_http1,
+    process::{lock, proc_stat},
+};
 
 use crate::{
     events::{Kind as EventKind, PodRef},
@@ -51,12 +55,6 @@ const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Name of the file, in the pod directory, that lists the pod's live process groups, so that a
 /// restarted vod-kubelet can kill what a crashed one left behind.
 pub const PGIDS_FILE: &str = ".pgids";
-
-/// Poisoning only means another task panicked mid-update of plain bookkeeping data; carrying on
-/// with it is better than taking the whole kubelet down.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Exponential back-off, 2 s doubling to 30 s, the pace the kubelet uses (scaled down).
 pub struct Backoff(Duration);
@@ -106,10 +104,8 @@ fn signal_group(pgid: i32, sig: Signal) {
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`): together
 /// with the PID it identifies a process even after the PID is reused.
 fn proc_start_time(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses; it ends at the last ')'.
-    let rest = &s[s.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    // proc_stat starts at field 3.
+    proc_stat(pid)?.get(19)?.parse().ok()
 }
 
 /// Kills the process groups listed in `dir`'s PGIDS_FILE that still run (same PID, same start
@@ -950,7 +946,7 @@ async fn http_get(
     }
     let name =
         rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
-    let tls = crate::insecure_tls::connector()
+    let tls = vod_testkit::tls::accept_any()
         .connect(name, stream)
         .await
         .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
@@ -967,25 +963,15 @@ async fn http_exchange<I>(
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(conn);
     let mut req = Request::get(path)
         .header(header::HOST, format!("{host}:{port}"))
         .header(header::USER_AGENT, "kube-probe/1.20");
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    let result = match req.body(Empty::<Bytes>::new()) {
-        Ok(req) => send
-            .send_request(req)
-            .await
-            .map(|r| r.status().as_u16())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let (resp, driver) = send_http1(io, req).await.map_err(|e| e.to_string())?;
     // Only the status line matters; drop the connection instead of reading the body.
     driver.abort();
-    result
+    Ok(resp.status().as_u16())
 }

@@ -7,6 +7,7 @@
 //! lost to another program taking a chosen port is tried again with new ports and a fresh
 //! directory.
 
+use crate::process::{self, stop_child};
 use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -69,7 +70,7 @@ impl Proc {
             "--- {} ({})\n{}",
             self.name,
             self.log.display(),
-            super::log_tail(&self.log, 30)
+            process::log_tail(&self.log, 30)
         )
     }
 
@@ -81,21 +82,7 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
     pub fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill();
+        stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -111,7 +98,7 @@ impl Procs {
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Proc>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        process::lock(&self.0)
     }
 
     /// Panics with the logs of every process if one has exited.
@@ -471,13 +458,25 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn write_kubeconfig(file: &Path, server: &str, ca: &Path, user: &str, token: &str) {
-    let kc = format!(
+    std::fs::write(file, kubeconfig(server, ca, user, token, None)).unwrap();
+    set_mode(file, 0o600);
+}
+
+/// A kubeconfig for `server` (trusting `ca`) that authenticates as `user` with a bearer token,
+/// in `namespace` when one is given.
+pub fn kubeconfig(
+    server: &str,
+    ca: &Path,
+    user: &str,
+    token: &str,
+    namespace: Option<&str>,
+) -> String {
+    let namespace = namespace.map_or_else(String::new, |ns| format!("    namespace: {ns}\n"));
+    format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: vod-test\n  cluster:\n    server: {server}\n    certificate-authority: {}\n\
          users:\n- name: {user}\n  user:\n    token: {token}\n\
-         contexts:\n- name: vod-test\n  context:\n    cluster: vod-test\n    user: {user}\n\
+         contexts:\n- name: vod-test\n  context:\n    cluster: vod-test\n    user: {user}\n{namespace}\
          current-context: vod-test\n",
         ca.display()
-    );
-    std::fs::write(file, kc).unwrap();
-    set_mode(file, 0o600);
+    )
 }

@@ -20,7 +20,6 @@
 
 mod container;
 mod events;
-mod insecure_tls;
 mod ipam;
 mod node;
 mod pod;
@@ -57,6 +56,7 @@ use tokio::{
     time::{sleep, timeout},
 };
 use tracing::{debug, error, info, warn};
+use vod_testkit::process::lock;
 
 use crate::{
     container::{kill_stale, Backoff, ProcGroups},
@@ -346,7 +346,7 @@ impl Scheduler {
             self.finished.push_back(uid.clone());
             if done.is_err() {
                 // The worker cannot clean up after a panic; at least free the address.
-                container::lock(&self.ctx.ipam).release(&uid);
+                lock(&self.ctx.ipam).release(&uid);
             }
         }
     }
