@@ -68,3 +68,34 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn a_stopped_child_is_reaped_and_no_longer_alive() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(pid_alive(pid));
+        stop_child(&mut child, Duration::from_secs(5));
+        assert!(!pid_alive(pid));
+    }
+
+    #[test]
+    fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
+        let mut child = Command::new("sh")
+            .args(["-c", "trap '' TERM; echo ready; exec sleep 30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once it has printed, the trap is set.
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        assert_eq!(terminate(&mut child, Duration::from_millis(300)), None);
+        stop_child(&mut child, Duration::from_millis(100));
+        assert!(child.try_wait().unwrap().is_some());
+    }
+}

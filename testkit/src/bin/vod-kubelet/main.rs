@@ -20,9 +20,11 @@
 
 mod container;
 mod events;
+mod groups;
 mod ipam;
 mod node;
 mod pod;
+mod probe;
 mod template;
 mod volumes;
 
@@ -59,8 +61,9 @@ use tracing::{debug, error, info, warn};
 use vod_testkit::process::lock;
 
 use crate::{
-    container::{kill_stale, Backoff, ProcGroups},
+    container::Backoff,
     events::{Kind as EventKind, PodRef, Recorder},
+    groups::{kill_stale, ProcGroups},
     ipam::{IpRange, Ipam},
     pod::PodMsg,
     template::{ImageMap, ImageMapping},
