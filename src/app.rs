@@ -5,7 +5,7 @@ use crate::config::{Backend, ServeConfig};
 use crate::error::StartupError;
 use crate::http::conns::ConnLimits;
 use crate::http::origin::Origins;
-use crate::instance::{AccessToken, SpecDefaults, State};
+use crate::instance::{AccessToken, SpecDefaults, StopReason};
 use crate::lifecycle::{Lifecycle, Reaper};
 use crate::orchestrator::kube::{Kube, KubeSettings};
 use crate::orchestrator::local::Local;
@@ -13,8 +13,9 @@ use crate::orchestrator::sandbox::Sandbox;
 use crate::orchestrator::Orchestrator;
 use crate::registry::Registry;
 use crate::server::{self, ServerLimits};
-use crate::state::Shared;
+use crate::shared::Shared;
 use crate::tls;
+use crate::upstream::UpstreamClient;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -210,7 +211,7 @@ impl App {
             }
         };
         for rec in orchestrator.load().await? {
-            registry.insert(registry.instance(rec, State::Stopped));
+            registry.insert(registry.instance(rec));
         }
         let shutdown = CancellationToken::new();
         let lifecycle = Arc::new(Lifecycle {
@@ -236,6 +237,8 @@ impl App {
             cfg.auth_failures_per_minute,
         );
         shared.tunnel_idle_timeout = cfg.tunnel_idle_timeout;
+        shared.upstream =
+            UpstreamClient::new(cfg.upstream_connect_timeout, cfg.upstream_response_timeout);
         let shared = Arc::new(shared);
         // Lets the client subcommands find this server without flags.
         let discovery = serde_json::json!({ "api_url": public_url, "ca_cert": ca_cert });
@@ -271,8 +274,7 @@ impl App {
     /// Serves until shutdown, then drains connections and stops every instance.
     pub async fn run(self) {
         let reaper = Reaper::new(self.lifecycle.clone(), self.cfg.reap_interval);
-        // The guess table bounds itself; nothing else to tidy on the reaper's ticks.
-        let reaper = tokio::spawn(reaper.run(|| {}));
+        let reaper = tokio::spawn(reaper.run());
         let follower = tokio::spawn(self.lifecycle.clone().follow());
         server::run(
             self.listener,
@@ -293,9 +295,7 @@ impl App {
         let _ = reaper.await;
         let _ = follower.await;
         if self.lifecycle.orchestrator.instances_end_with_server() {
-            self.lifecycle
-                .stop_all(crate::lifecycle::reason::SHUTDOWN)
-                .await;
+            self.lifecycle.stop_all(StopReason::Shutdown).await;
         }
         for inst in self.lifecycle.registry.all() {
             let _ = self.lifecycle.orchestrator.save(&inst.record()).await;

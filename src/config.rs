@@ -195,6 +195,13 @@ pub struct ServeConfig {
     /// keepalives every few seconds while a tab is open).
     #[arg(long, env = "VOD_TUNNEL_IDLE_TIMEOUT", value_parser = duration, default_value = "10m")]
     pub tunnel_idle_timeout: Duration,
+    /// How long connecting to an instance may take (then 504).
+    #[arg(long, env = "VOD_UPSTREAM_CONNECT_TIMEOUT", value_parser = duration, default_value = "5s")]
+    pub upstream_connect_timeout: Duration,
+    /// How long an instance may take to start answering a request (then 504), so a hung one
+    /// does not hold its clients forever.
+    #[arg(long, env = "VOD_UPSTREAM_RESPONSE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    pub upstream_response_timeout: Duration,
     /// Largest request head in bytes; larger ones are answered 431.
     #[arg(long, env = "VOD_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,

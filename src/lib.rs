@@ -3,29 +3,33 @@
 //! instances when a browser arrives and stopping idle ones.
 //!
 //! # Layout
-//! Arrows point down: `app → server → api | proxy → lifecycle → registry, orchestrator →
-//! instance`.
-//! - [`config`]: command line and environment → typed configuration.
+//! Arrows point down: `main → app → server → http → api | proxy → shared → lifecycle →
+//! registry, orchestrator → upstream, instance`.
+//! - [`config`]: command line and environment → typed configuration; parsing binds nothing.
 //! - [`app`]: the composition root; builds everything and owns the shutdown token.
-//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, idle connections, dispatch, graceful
-//!   shutdown.
-//! - [`http`]: origins and the router (pure: host and path → route), the connection table
-//!   (caps, idleness), response helpers, server-sent events.
-//! - [`api`]: the `/api` handlers.
-//! - [`proxy`]: token check, starting page, forwarding and WebSocket splicing, the activity
-//!   signal (the script added to pages, what counts as work).
-//! - [`state`]: what request handlers share.
-//! - [`lifecycle`]: single-flight start, readiness wait, stop, the idle policy and reaper.
+//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, idle connections closed, dispatch by
+//!   route, graceful shutdown.
+//! - [`http`]: origins and the router (pure: host and path → route), the one failure type and
+//!   its responses, the connection table (caps, idleness), the guess limiter, server-sent
+//!   events.
+//! - [`api`]: the `/api` handlers: parse, call one lifecycle method, format.
+//! - [`proxy`]: an instance's requests: token check and cookies, our own endpoints, the
+//!   starting page, forwarding and WebSocket splicing, the activity signal.
+//! - [`shared`]: what request handlers share.
+//! - [`lifecycle`]: the only writer of instance state: create, single-flight start, stop with a
+//!   reason, delete, keepalive, what other servers did; the idle policy and the reaper.
 //! - [`registry`]: the instance table, live status and activity.
 //! - [`orchestrator`]: the backend trait, the local backend (child processes, each in a
 //!   bubblewrap sandbox serving on a Unix socket) and the Kubernetes backend.
-//! - [`instance`]: domain types, validated at the edge.
-//! - [`tls`]: rustls configuration and self-signed certificates.
+//! - [`upstream`]: reaching instances: connections by address and the keep-alive pool.
+//! - [`instance`]: domain types validated at the edge, and the state and its transitions.
+//! - [`tls`]: rustls configuration, the local CA and certificates minted per instance host.
 //! - [`outbound`]: requests this program makes (client subcommands, downloads).
 //! - [`cli`]: the client subcommands.
+//! - [`error`]: what stops the server from starting.
 #![forbid(unsafe_code)]
-// Handlers return a ready error response as their `Err`; it is built once per failed request,
-// so boxing it would only add an allocation.
+// The proxy's request rewriting returns a ready error response as its `Err`; it is built once
+// per failed request, so boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
 
 pub mod api;
@@ -41,5 +45,6 @@ pub mod outbound;
 pub mod proxy;
 pub mod registry;
 pub mod server;
-pub mod state;
+pub mod shared;
 pub mod tls;
+pub mod upstream;

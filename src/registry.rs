@@ -8,7 +8,7 @@
 //! the server, tokio's clock in tests that pause time.
 
 use crate::instance::{
-    AccessToken, InstanceId, InstanceRecord, InstanceSpec, State, Upstream, UserId,
+    AccessToken, InstanceId, InstanceRecord, InstanceSpec, State, Status, Upstream, UserId,
 };
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -53,17 +53,6 @@ impl Clock {
     }
 }
 
-/// The live status of one instance.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Status {
-    pub state: State,
-    /// Start progress while starting; the failure reason when failed.
-    pub message: String,
-    pub upstream: Option<Upstream>,
-    /// Why it was last stopped (`idle`, `api`, `shutdown`…), shown in the API.
-    pub stop_reason: Option<String>,
-}
-
 /// One instance: its fixed facts plus status and activity.
 #[derive(Debug)]
 pub struct Instance {
@@ -80,13 +69,9 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn from_record(rec: InstanceRecord, state: State, clock: Clock) -> Self {
-        let status = Status {
-            state,
-            message: String::new(),
-            upstream: None,
-            stop_reason: rec.stop_reason,
-        };
+    /// An instance as stored: stopped, for the reason recorded.
+    pub fn from_record(rec: InstanceRecord, clock: Clock) -> Self {
+        let status = Status::new(rec.stop_reason);
         Self {
             id: rec.instance_id,
             user: rec.user_id,
@@ -134,22 +119,10 @@ impl Instance {
         self.status.subscribe()
     }
 
-    /// Applies `f` to the status atomically; `f` returns whether it changed anything, and only
-    /// then are watchers woken. The single place where transitions are decided.
-    pub fn update(&self, f: impl FnOnce(&mut Status) -> bool) -> bool {
+    /// Applies a transition (see [`Status`]) atomically; only when it applied are watchers
+    /// woken. Only `lifecycle` calls this.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Status) -> bool) -> bool {
         self.status.send_if_modified(f)
-    }
-
-    /// Sets a progress message while starting.
-    pub fn progress(&self, message: &str) {
-        self.update(|s| {
-            if s.state == State::Starting && s.message != message {
-                s.message = message.to_owned();
-                true
-            } else {
-                false
-            }
-        });
     }
 
     /// Records activity now. Never moves the time back, so a declared "busy until" holds.
@@ -231,8 +204,8 @@ impl Registry {
     }
 
     /// An instance from its stored facts, on this table's clock (not yet inserted).
-    pub fn instance(&self, rec: InstanceRecord, state: State) -> Arc<Instance> {
-        Arc::new(Instance::from_record(rec, state, self.clock))
+    pub fn instance(&self, rec: InstanceRecord) -> Arc<Instance> {
+        Arc::new(Instance::from_record(rec, self.clock))
     }
 
     pub fn get(&self, id: &InstanceId) -> Option<Arc<Instance>> {

@@ -7,7 +7,7 @@ use crate::http::origin::Site;
 use crate::http::response::{html, page};
 use crate::http::router::{route, Route};
 use crate::http::{request_host, Body};
-use crate::state::Shared;
+use crate::shared::Shared;
 use crate::{api, proxy};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -191,7 +191,12 @@ async fn dispatch(
     let path = req.uri().path().to_owned();
     let site = sh.origins.site(request_host(&req));
     match route(site, req.method(), &path) {
-        Route::Instance { id, rest } => proxy::handle(sh, id, rest, req, peer.ip(), conn).await,
+        Route::Instance { id, rest } => {
+            proxy::handle(sh, id, proxy::Target::Forward(rest), req, peer.ip(), conn).await
+        }
+        Route::Own { id, page } => {
+            proxy::handle(sh, id, proxy::Target::Own(page), req, peer.ip(), conn).await
+        }
         Route::InstanceBare(id) => {
             let mut loc = format!("/instances/{id}/");
             if let Some(q) = req.uri().query() {

@@ -8,10 +8,10 @@ use crate::http::failure::Failure;
 use crate::http::response::json;
 use crate::http::router::Route;
 use crate::http::{events, Body};
-use crate::instance::{AccessToken, CreateRequest, InstanceId, InstanceRecord, State, UserId};
-use crate::lifecycle::reason;
+use crate::instance::{CreateRequest, InstanceId, State, StopReason, UserId};
+use crate::lifecycle::LifecycleError;
 use crate::registry::Instance;
-use crate::state::Shared;
+use crate::shared::Shared;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -114,6 +114,19 @@ fn lookup(sh: &Shared, id: &str) -> Result<Arc<Instance>, Failure> {
         .ok_or_else(|| Failure::not_found(format!("instance {id} not found")))
 }
 
+/// A lifecycle refusal as the API answers it; `code` names what failed on the backend.
+fn failure(e: LifecycleError, code: &str) -> Failure {
+    match e {
+        LifecycleError::Invalid(e) => {
+            Failure::bad_request(format!("invalid_{}", e.field), e.message)
+        }
+        e @ LifecycleError::NotRunning { .. } => {
+            Failure::client(StatusCode::CONFLICT, "not_running", e)
+        }
+        LifecycleError::Backend(e) => Failure::ours(code, e),
+    }
+}
+
 fn user(s: &str) -> Result<UserId, Failure> {
     UserId::parse(s).map_err(|e| Failure::bad_request("invalid_user_id", e.message))
 }
@@ -169,34 +182,12 @@ async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
             format!("the body is not a valid create request: {e}"),
         )
     })?;
-    let (user, spec) = create
-        .validate(&sh.defaults)
-        .map_err(|e| Failure::bad_request(format!("invalid_{}", e.field), e.message))?;
-    let registry = &sh.lifecycle.registry;
-    let id = loop {
-        let id = InstanceId::generate(&user);
-        if registry.get(&id).is_none() {
-            break id;
-        }
-    };
-    let now = registry.now_ms();
-    let rec = InstanceRecord {
-        instance_id: id,
-        user_id: user,
-        spec,
-        access_token: AccessToken::generate(),
-        created_at: now / 1000,
-        last_activity_ms: now,
-        stop_reason: None,
-    };
-    if let Err(e) = sh.lifecycle.orchestrator.create(&rec).await {
-        tracing::error!(error = %e, "creating an instance failed");
-        return Err(Failure::ours("create_failed", e));
-    }
-    let token = rec.access_token.clone();
-    let inst = registry.instance(rec, State::Stopped);
-    registry.insert(inst.clone());
-    tracing::info!(instance = %inst.id, user = %inst.user, "created");
+    let inst = sh
+        .lifecycle
+        .create(create, &sh.defaults)
+        .await
+        .map_err(|e| failure(e, "create_failed"))?;
+    let token = inst.token.clone();
     let mut body = view::instance(sh, &inst);
     body["access_token"] = json!(token.expose());
     body["url"] = json!(format!(
@@ -209,21 +200,10 @@ async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
 
 async fn delete(sh: &Arc<Shared>, id: &str) -> Result<Response<Body>, Failure> {
     let inst = lookup(sh, id)?;
-    // Out of the table first, so no visit can start it while its files go away.
-    sh.lifecycle.registry.remove(&inst.id);
-    sh.lifecycle.stop(&inst, reason::DELETED).await;
-    if let Err(e) = sh.lifecycle.orchestrator.delete(&inst.id).await {
-        tracing::error!(instance = %inst.id, error = %e, "delete failed");
-        sh.lifecycle.registry.insert(inst);
-        return Err(Failure::ours("delete_failed", e));
-    }
-    // Wakes anyone still waiting on this instance.
-    inst.update(|s| {
-        s.state = State::Stopped;
-        s.stop_reason = Some(reason::DELETED.into());
-        true
-    });
-    tracing::info!(instance = %inst.id, "deleted");
+    sh.lifecycle
+        .delete(&inst)
+        .await
+        .map_err(|e| failure(e, "delete_failed"))?;
     Ok(json(
         StatusCode::OK,
         &json!({ "instance_id": inst.id.as_str(), "status": "Deleted" }),
@@ -240,7 +220,7 @@ async fn start(sh: &Arc<Shared>, id: &str) -> Result<Response<Body>, Failure> {
 
 async fn stop(sh: &Arc<Shared>, id: &str) -> Result<Response<Body>, Failure> {
     let inst = lookup(sh, id)?;
-    sh.lifecycle.stop(&inst, reason::API).await;
+    sh.lifecycle.stop(&inst, StopReason::Api).await;
     Ok(json(StatusCode::OK, &view::instance(sh, &inst)))
 }
 
@@ -257,28 +237,12 @@ async fn keepalive(
     let max = sh.defaults.max_idle_timeout_secs;
     let until = keepalive::busy_until_ms(&body, now, max)
         .map_err(|e| Failure::bad_request(e.code(), &e))?;
-    let state = inst.state();
-    if !matches!(state, State::Running | State::Starting) {
-        return Err(Failure::client(
-            StatusCode::CONFLICT,
-            "not_running",
-            format!(
-                "instance {} is {}: start it first (POST /api/instances/{}/start)",
-                inst.id,
-                state.as_str(),
-                inst.id
-            ),
-        ));
-    }
-    inst.touch();
+    sh.lifecycle
+        .keepalive(&inst, until)
+        .await
+        .map_err(|e| failure(e, "keepalive_failed"))?;
     if let Some(u) = until {
-        inst.observe_activity(u);
         tracing::info!(instance = %inst.id, busy_until = %view::rfc3339_secs(u / 1000), "busy until");
-        // Stored now rather than on the next reaper tick: a long job must not be cut short by
-        // another server that has not heard of it yet.
-        if let Err(e) = sh.lifecycle.orchestrator.save(&inst.record()).await {
-            tracing::warn!(instance = %inst.id, error = %e, "saving activity failed");
-        }
     }
     Ok(json(StatusCode::OK, &view::instance(sh, &inst)))
 }

@@ -4,7 +4,7 @@ use crate::http::origin::Origins;
 use crate::instance::State;
 use crate::lifecycle::policy;
 use crate::registry::Instance;
-use crate::state::Shared;
+use crate::shared::Shared;
 use serde_json::{json, Value};
 use std::time::{Duration, UNIX_EPOCH};
 

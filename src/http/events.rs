@@ -3,7 +3,8 @@
 
 use super::Body;
 use crate::instance::State;
-use crate::registry::{Instance, Status};
+use crate::instance::Status;
+use crate::registry::Instance;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 use http_body_util::{BodyExt, StreamBody};

@@ -137,6 +137,23 @@ impl From<StartError> for Failure {
     }
 }
 
+impl Failure {
+    /// The same as a page, for a browser that navigated here.
+    pub fn page(&self) -> Response<Body> {
+        let reason = self.status.canonical_reason().unwrap_or("Error");
+        let body = format!(
+            "<p>{}</p><p>Reload the page to try again.</p>",
+            super::response::escape(&self.message)
+        );
+        let mut r = super::response::html(self.status, super::response::page(reason, &body));
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        r
+    }
+}
+
 impl From<Failure> for Response<Body> {
     fn from(f: Failure) -> Self {
         f.response()

@@ -25,10 +25,16 @@ pub enum Route<'a> {
     Workspace(&'a str),
     /// `/instances/<id>` without the trailing slash: redirected.
     InstanceBare(&'a str),
-    /// `/instances/<id>/<rest>`; `rest` starts with '/'.
+    /// `/instances/<id>/<rest>`, for the instance; `rest` starts with '/'.
     Instance {
         id: &'a str,
         rest: &'a str,
+    },
+    /// `/instances/<id>/_vod/<page>`: ours, served beside the instance's pages (its starting
+    /// page, the activity script and reports).
+    Own {
+        id: &'a str,
+        page: OwnPage,
     },
     /// An instance path on the public host in host routing: sent to the instance's own origin.
     HandOff(&'a str),
@@ -37,6 +43,36 @@ pub enum Route<'a> {
     BadPath(&'static str),
     MethodNotAllowed(&'static str),
     NotFound,
+}
+
+/// Where our own pages sit under an instance's path.
+pub const OWN_PREFIX: &str = "/_vod/";
+
+/// Our pages under `/instances/<id>/_vod/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnPage {
+    /// Start progress as server-sent events.
+    Events,
+    StartingJs,
+    ActivityJs,
+    /// Input reported by the activity script.
+    Activity,
+    /// How long until an idle stop.
+    Idle,
+    Unknown,
+}
+
+impl OwnPage {
+    fn of(name: &str) -> Self {
+        match name {
+            "events" => OwnPage::Events,
+            "starting.js" => OwnPage::StartingJs,
+            "activity.js" => OwnPage::ActivityJs,
+            "activity" => OwnPage::Activity,
+            "idle" => OwnPage::Idle,
+            _ => OwnPage::Unknown,
+        }
+    }
 }
 
 fn valid_id_chars(id: &str) -> bool {
@@ -93,7 +129,13 @@ pub fn route<'a>(site: Site<'_>, method: &Method, path: &'a str) -> Route<'a> {
             }
             Site::Front => Route::HandOff(id),
             _ if rest.is_empty() => Route::InstanceBare(id),
-            _ => Route::Instance { id, rest },
+            _ => match rest.strip_prefix(OWN_PREFIX) {
+                Some(page) => Route::Own {
+                    id,
+                    page: OwnPage::of(page),
+                },
+                None => Route::Instance { id, rest },
+            },
         };
     }
     if let Site::Instance(_) = site {
@@ -240,6 +282,13 @@ mod tests {
             Route::Instance {
                 id: "u-0000000a",
                 rest: "/x"
+            }
+        );
+        assert_eq!(
+            route(own, &g, "/instances/u-0000000a/_vod/activity.js"),
+            Route::Own {
+                id: "u-0000000a",
+                page: OwnPage::ActivityJs
             }
         );
         assert!(matches!(

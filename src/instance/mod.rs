@@ -4,6 +4,9 @@
 //! see an unchecked id, quantity or image reference. No HTTP, no Kubernetes, no processes here.
 
 mod checks;
+mod status;
+
+pub use status::{State, Status, StopReason};
 
 use checks::{cpu, image_ref, memory, vscode_version};
 use rand::RngCore;
@@ -286,30 +289,6 @@ impl CreateRequest {
     }
 }
 
-/// Lifecycle states. `Stopped` (scaled to zero) is normal: the next visit starts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum State {
-    Creating,
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Failed,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Creating => "Creating",
-            State::Starting => "Starting",
-            State::Running => "Running",
-            State::Stopping => "Stopping",
-            State::Stopped => "Stopped",
-            State::Failed => "Failed",
-        }
-    }
-}
-
 /// A secret that grants access to one instance: 256 random bits, hex-encoded.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -393,7 +372,7 @@ pub struct InstanceRecord {
     /// Milliseconds since the Unix epoch.
     pub last_activity_ms: u64,
     #[serde(default)]
-    pub stop_reason: Option<String>,
+    pub stop_reason: Option<StopReason>,
 }
 
 #[cfg(test)]

@@ -1,15 +1,21 @@
-//! Instance lifecycle on top of the registry and a backend: starting once no matter how many
-//! visitors arrive together, waiting for readiness, stopping, and the idle policy and reaper.
+//! Instance lifecycle on top of the registry and a backend, and the only writer of instance
+//! state: create, start (once, however many visitors arrive together), wait for readiness,
+//! stop (with a reason), delete, keepalive, and what other servers were seen doing; the idle
+//! policy and the reaper. Every state change is a named transition of
+//! [`crate::instance::Status`].
 
 pub mod policy;
 mod reaper;
 
-pub use policy::{reason, Trigger};
+pub use policy::Trigger;
 pub use reaper::Reaper;
 
-use crate::instance::{State, Upstream, UpstreamAddr};
-use crate::orchestrator::{Observed, Orchestrator};
-use crate::registry::{Instance, Registry, Status};
+use crate::instance::{
+    AccessToken, CreateRequest, InstanceId, InstanceRecord, Invalid, SpecDefaults, State, Status,
+    StopReason, Upstream, UpstreamAddr,
+};
+use crate::orchestrator::{Observed, Orchestrator, OrchestratorError};
+use crate::registry::{Instance, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +30,17 @@ pub enum StartError {
     Gone,
     #[error("server is shutting down")]
     ShuttingDown,
+}
+
+/// Why a create, delete or keepalive did not happen; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("instance {id} is {state}: start it first (POST /api/instances/{id}/start)")]
+    NotRunning { id: InstanceId, state: &'static str },
+    #[error("{0}")]
+    Backend(#[from] OrchestratorError),
 }
 
 /// Starts and stops instances; shared by the API, the proxy and the reaper.
@@ -42,18 +59,7 @@ impl Lifecycle {
         if self.shutdown.is_cancelled() {
             return false;
         }
-        let began = inst.update(|s| {
-            if matches!(s.state, State::Stopped | State::Failed) {
-                s.state = State::Starting;
-                s.message = "starting".into();
-                s.upstream = None;
-                // Whatever stopped it no longer holds: it is wanted again.
-                s.stop_reason = None;
-                true
-            } else {
-                false
-            }
-        });
+        let began = inst.update(Status::starting);
         if began {
             tracing::info!(instance = %inst.id, "starting");
             inst.touch();
@@ -68,7 +74,9 @@ impl Lifecycle {
     async fn run_start(self: Arc<Self>, inst: Arc<Instance>) {
         let rec = inst.record();
         let progress_inst = inst.clone();
-        let progress = Arc::new(move |m: &str| progress_inst.progress(m));
+        let progress = Arc::new(move |m: &str| {
+            progress_inst.update(|s| s.progress(m));
+        });
         let started =
             tokio::time::timeout(self.start_timeout, self.orchestrator.start(&rec, progress)).await;
         let result = match started {
@@ -86,17 +94,7 @@ impl Lifecycle {
             Ok(started) => {
                 let upstream = started.upstream;
                 let addr = upstream.addr.clone();
-                let still_wanted = inst.update(|s| {
-                    if s.state == State::Starting {
-                        s.state = State::Running;
-                        s.message = "ready".into();
-                        s.upstream = Some(upstream.clone());
-                        s.stop_reason = None;
-                        true
-                    } else {
-                        false
-                    }
-                });
+                let still_wanted = inst.update(|s| s.running(upstream));
                 if !still_wanted {
                     // Stopped or deleted while starting: do not leave the process running.
                     let _ = self.orchestrator.stop(&inst.id).await;
@@ -110,12 +108,7 @@ impl Lifecycle {
             }
             Err(reason) => {
                 tracing::warn!(instance = %inst.id, %reason, "start failed");
-                inst.update(|s| {
-                    s.state = State::Failed;
-                    s.message = reason;
-                    s.upstream = None;
-                    true
-                });
+                inst.update(|s| s.failed(State::Starting, reason));
             }
         }
     }
@@ -129,16 +122,7 @@ impl Lifecycle {
     ) {
         tokio::spawn(async move {
             let Ok(reason) = exited.await else { return };
-            let changed = inst.update(|s| {
-                if s.state == State::Running {
-                    s.state = State::Failed;
-                    s.message = reason.clone();
-                    s.upstream = None;
-                    true
-                } else {
-                    false
-                }
-            });
+            let changed = inst.update(|s| s.failed(State::Running, reason.clone()));
             if changed {
                 tracing::warn!(instance = %inst.id, %reason, "instance exited unexpectedly");
                 let _ = self.orchestrator.stop(&inst.id).await;
@@ -183,21 +167,11 @@ impl Lifecycle {
     }
 
     /// Stops a running (or starting) instance, recording why. Returns whether it was running.
-    pub async fn stop(&self, inst: &Arc<Instance>, reason: &str) -> bool {
-        let was = inst.update(|s| {
-            if matches!(s.state, State::Running | State::Starting | State::Failed) {
-                s.state = State::Stopping;
-                s.message = format!("stopping ({reason})");
-                s.stop_reason = Some(reason.to_owned());
-                true
-            } else {
-                false
-            }
-        });
-        if !was {
+    pub async fn stop(&self, inst: &Arc<Instance>, reason: StopReason) -> bool {
+        if !inst.update(|s| s.stopping(&reason)) {
             return false;
         }
-        tracing::info!(instance = %inst.id, reason, "stopping");
+        tracing::info!(instance = %inst.id, %reason, "stopping");
         // The reason is stored before the backend scales down, so that other servers, which
         // see the scale-down, already know why (it decides whether reconnects may start it).
         if let Err(e) = self.orchestrator.save(&inst.record()).await {
@@ -206,14 +180,84 @@ impl Lifecycle {
         if let Err(e) = self.orchestrator.stop(&inst.id).await {
             tracing::warn!(instance = %inst.id, error = %e, "stop failed");
         }
-        inst.update(|s| {
-            s.state = State::Stopped;
-            s.message = String::new();
-            s.upstream = None;
-            s.stop_reason = Some(reason.to_owned());
-            true
-        });
+        inst.update(|s| s.stopped(Some(reason), ""));
         true
+    }
+
+    /// Creates a stopped instance for a validated request: stored by the backend first, then
+    /// in the table, so a failure leaves nothing behind. Returns it and its access token.
+    pub async fn create(
+        &self,
+        req: CreateRequest,
+        defaults: &SpecDefaults,
+    ) -> Result<Arc<Instance>, LifecycleError> {
+        let (user, spec) = req.validate(defaults)?;
+        let id = loop {
+            let id = InstanceId::generate(&user);
+            if self.registry.get(&id).is_none() {
+                break id;
+            }
+        };
+        let now = self.registry.now_ms();
+        let rec = InstanceRecord {
+            instance_id: id,
+            user_id: user,
+            spec,
+            access_token: AccessToken::generate(),
+            created_at: now / 1000,
+            last_activity_ms: now,
+            stop_reason: None,
+        };
+        if let Err(e) = self.orchestrator.create(&rec).await {
+            tracing::error!(error = %e, "creating an instance failed");
+            return Err(e.into());
+        }
+        let inst = self.registry.instance(rec);
+        self.registry.insert(inst.clone());
+        tracing::info!(instance = %inst.id, user = %inst.user, "created");
+        Ok(inst)
+    }
+
+    /// Stops and deletes an instance and its own resources (never the user's workspace). It
+    /// leaves the table first, so no visit can start it while its files go away, and comes
+    /// back if the backend could not delete it.
+    pub async fn delete(&self, inst: &Arc<Instance>) -> Result<(), LifecycleError> {
+        self.registry.remove(&inst.id);
+        self.stop(inst, StopReason::Deleted).await;
+        if let Err(e) = self.orchestrator.delete(&inst.id).await {
+            tracing::error!(instance = %inst.id, error = %e, "delete failed");
+            self.registry.insert(inst.clone());
+            return Err(e.into());
+        }
+        // Wakes anyone still waiting on this instance.
+        inst.update(|s| s.stopped(Some(StopReason::Deleted), ""));
+        tracing::info!(instance = %inst.id, "deleted");
+        Ok(())
+    }
+
+    /// Activity from a program: counts now, and with `busy_until_ms` the instance is busy until
+    /// then. Only while it runs (or starts); stored at once when a time is given, so another
+    /// server does not cut a long job short.
+    pub async fn keepalive(
+        &self,
+        inst: &Arc<Instance>,
+        busy_until_ms: Option<u64>,
+    ) -> Result<(), LifecycleError> {
+        let state = inst.state();
+        if !matches!(state, State::Running | State::Starting) {
+            return Err(LifecycleError::NotRunning {
+                id: inst.id.clone(),
+                state: state.as_str(),
+            });
+        }
+        inst.touch();
+        if let Some(until) = busy_until_ms {
+            inst.observe_activity(until);
+            if let Err(e) = self.orchestrator.save(&inst.record()).await {
+                tracing::warn!(instance = %inst.id, error = %e, "saving activity failed");
+            }
+        }
+        Ok(())
     }
 
     /// Follows changes the backend observes (other servers creating, scaling or deleting
@@ -243,38 +287,23 @@ impl Lifecycle {
             {
                 None => {
                     tracing::info!(instance = %record.instance_id, "instance found in the backend");
-                    self.registry
-                        .insert(self.registry.instance(*record, State::Stopped));
+                    self.registry.insert(self.registry.instance(*record));
                 }
                 Some(inst) => {
                     inst.observe_activity(record.last_activity_ms);
                     if scaled_up {
                         // Started by another server: a stop reason seen earlier no longer
                         // keeps reconnects here from joining it.
-                        inst.update(|s| {
-                            let stale = s.state == State::Stopped && s.stop_reason.is_some();
-                            if stale {
-                                s.stop_reason = None;
-                            }
-                            stale
-                        });
+                        inst.update(|s| s.reason_learnt(None));
                     } else {
                         let stored = record.stop_reason;
                         inst.update(|s| {
                             if s.state == State::Running {
-                                s.state = State::Stopped;
-                                s.upstream = None;
-                                s.message = String::new();
-                                s.stop_reason =
-                                    Some(stored.unwrap_or_else(|| "scaled down".into()));
-                                true
-                            } else if s.state == State::Stopped
-                                && stored.is_some()
-                                && s.stop_reason != stored
-                            {
+                                let why = stored.unwrap_or(StopReason::ScaledDown);
+                                s.stopped(Some(why), "")
+                            } else if stored.is_some() {
                                 // Already stopped here; the reason arrived after the scale-down.
-                                s.stop_reason = stored;
-                                true
+                                s.reason_learnt(stored)
                             } else {
                                 false
                             }
@@ -285,29 +314,17 @@ impl Lifecycle {
             Observed::Gone(id) => {
                 if let Some(inst) = self.registry.remove(&id) {
                     tracing::info!(instance = %id, "instance deleted in the backend");
-                    inst.update(|s| {
-                        s.state = State::Stopped;
-                        s.upstream = None;
-                        s.stop_reason = Some(reason::DELETED.into());
-                        true
-                    });
+                    inst.update(|s| s.stopped(Some(StopReason::Deleted), ""));
                 }
             }
             Observed::Lost { id, addr } => {
                 if let Some(inst) = self.registry.get(&id) {
                     let lost = inst.update(|s| {
-                        if s.state == State::Running
+                        s.state == State::Running
                             && s.upstream
                                 .as_ref()
                                 .is_some_and(|u| u.addr == UpstreamAddr::Tcp(addr))
-                        {
-                            s.state = State::Stopped;
-                            s.upstream = None;
-                            s.message = "its pod went away".into();
-                            true
-                        } else {
-                            false
-                        }
+                            && s.stopped(None, "its pod went away")
                     });
                     if lost {
                         tracing::info!(instance = %id, %addr, "instance no longer serving there");
@@ -318,9 +335,9 @@ impl Lifecycle {
     }
 
     /// Stops every instance: the local backend's processes must not outlive the server.
-    pub async fn stop_all(&self, reason: &str) {
+    pub async fn stop_all(&self, reason: StopReason) {
         let all = self.registry.all();
-        let stops = all.iter().map(|i| self.stop(i, reason));
+        let stops = all.iter().map(|i| self.stop(i, reason.clone()));
         futures_util::future::join_all(stops).await;
     }
 }
@@ -334,7 +351,7 @@ mod tests {
     use crate::orchestrator::local::Local;
     use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
 
-    fn record(stop_reason: Option<&str>) -> InstanceRecord {
+    fn record(stop_reason: Option<StopReason>) -> InstanceRecord {
         let (user, spec) = CreateRequest {
             user_id: "alice".into(),
             ..Default::default()
@@ -348,11 +365,11 @@ mod tests {
             access_token: AccessToken::generate(),
             created_at: 0,
             last_activity_ms: 0,
-            stop_reason: stop_reason.map(String::from),
+            stop_reason,
         }
     }
 
-    fn seen(stop_reason: Option<&str>, scaled_up: bool) -> Observed {
+    fn seen(stop_reason: Option<StopReason>, scaled_up: bool) -> Observed {
         Observed::Present {
             record: Box::new(record(stop_reason)),
             scaled_up,
@@ -393,18 +410,20 @@ mod tests {
         assert_eq!(reason(), None, "found stopped: nobody stopped it");
 
         // Another server stops it for idleness: the reason arrives after the scale-down.
-        inst.update(|s| {
-            s.state = State::Running;
-            true
-        });
+        let upstream = Upstream {
+            addr: UpstreamAddr::Tcp(([127, 0, 0, 1], 9).into()),
+            strip_prefix: false,
+            secret: None,
+        };
+        inst.update(|s| s.starting() && s.running(upstream));
         lc.apply(seen(None, false));
         assert_eq!(inst.state(), State::Stopped);
-        assert_eq!(reason().as_deref(), Some("scaled down"));
-        lc.apply(seen(Some(reason::IDLE), false));
-        assert_eq!(reason().as_deref(), Some(reason::IDLE));
+        assert_eq!(reason(), Some(StopReason::ScaledDown));
+        lc.apply(seen(Some(StopReason::Idle), false));
+        assert_eq!(reason(), Some(StopReason::Idle));
 
         // Another server starts it again: reconnects here may join it.
-        lc.apply(seen(Some(reason::IDLE), true));
+        lc.apply(seen(Some(StopReason::Idle), true));
         assert_eq!(reason(), None);
         lc.apply(seen(None, true));
         assert_eq!((inst.state(), reason()), (State::Stopped, None));

@@ -6,18 +6,8 @@
 //! is not activity; after an idle or API stop it cannot start the instance again either, so a
 //! forgotten tab does not undo the stop. A navigation, a program's request or an API start can.
 
+use crate::instance::StopReason;
 use std::time::Duration;
-
-/// Why an instance was stopped, as stored and shown in the API.
-pub mod reason {
-    /// Nobody worked in it for its idle timeout.
-    pub const IDLE: &str = "idle";
-    /// Stopped through the management API.
-    pub const API: &str = "api";
-    /// The server shut down (local instances end with it).
-    pub const SHUTDOWN: &str = "shutdown";
-    pub const DELETED: &str = "deleted";
-}
 
 /// What caused a request, as far as starting a stopped instance is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +22,10 @@ pub enum Trigger {
 /// Whether a request with this trigger may start an instance that was stopped for `stop_reason`.
 /// Automatic requests may only undo stops nobody chose (a server restart, a crash, a lost pod),
 /// so that VS Code reconnects by itself after those.
-pub fn may_start(stop_reason: Option<&str>, trigger: Trigger) -> bool {
+pub fn may_start(stop_reason: Option<&StopReason>, trigger: Trigger) -> bool {
     match trigger {
         Trigger::Deliberate => true,
-        Trigger::Automatic => !matches!(stop_reason, Some(reason::IDLE | reason::API)),
+        Trigger::Automatic => !matches!(stop_reason, Some(StopReason::Idle | StopReason::Api)),
     }
 }
 
@@ -101,11 +91,15 @@ mod tests {
     #[test]
     fn reconnects_do_not_undo_chosen_stops() {
         use Trigger::*;
-        for reason in [Some(reason::IDLE), Some(reason::API)] {
+        for reason in [Some(&StopReason::Idle), Some(&StopReason::Api)] {
             assert!(!may_start(reason, Automatic), "{reason:?}");
             assert!(may_start(reason, Deliberate), "{reason:?}");
         }
-        for reason in [None, Some(reason::SHUTDOWN), Some("scaled down")] {
+        for reason in [
+            None,
+            Some(&StopReason::Shutdown),
+            Some(&StopReason::ScaledDown),
+        ] {
             assert!(may_start(reason, Automatic), "{reason:?}");
         }
     }

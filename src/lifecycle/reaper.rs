@@ -2,9 +2,9 @@
 //! and its last activity is older than its idle timeout ([`super::policy`]); in-use handles
 //! (`ActivityGuard`) keep it alive, as in an idle cache.
 
-use super::policy::{self, reason};
+use super::policy;
 use super::Lifecycle;
-use crate::instance::State;
+use crate::instance::{State, StopReason};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -23,7 +23,7 @@ impl Reaper {
 
     /// Runs until shutdown. Each tick also writes changed activity to the backend (at most once
     /// per instance per tick), so a restarted server, or another replica, knows it.
-    pub async fn run(self, on_tick: impl Fn() + Send) {
+    pub async fn run(self) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut persisted: std::collections::HashMap<String, u64> = Default::default();
@@ -32,7 +32,6 @@ impl Reaper {
                 _ = tick.tick() => {}
                 () = self.lifecycle.shutdown.cancelled() => return,
             }
-            on_tick();
             let work = async {
                 for inst in self.lifecycle.registry.all() {
                     let last = inst.last_activity_ms();
@@ -74,7 +73,7 @@ impl Reaper {
                     %last_activity,
                     "idle; scaling to zero"
                 );
-                self.lifecycle.stop(&inst, reason::IDLE).await;
+                self.lifecycle.stop(&inst, StopReason::Idle).await;
             }
         }
     }
@@ -128,7 +127,7 @@ mod tests {
             shutdown: CancellationToken::new(),
         });
         let reaper = Reaper::new(lifecycle.clone(), INTERVAL);
-        tokio::spawn(reaper.run(|| {}));
+        tokio::spawn(reaper.run());
         Setup {
             _dir: dir,
             lifecycle,
@@ -154,7 +153,13 @@ mod tests {
             stop_reason: None,
         };
         lc.orchestrator.create(&rec).await.unwrap();
-        let inst = lc.registry.instance(rec, State::Running);
+        let inst = lc.registry.instance(rec);
+        let upstream = crate::instance::Upstream {
+            addr: crate::instance::UpstreamAddr::Tcp(([127, 0, 0, 1], 9).into()),
+            strip_prefix: false,
+            secret: None,
+        };
+        inst.update(|s| s.starting() && s.running(upstream));
         lc.registry.insert(inst.clone());
         inst
     }
@@ -183,9 +188,9 @@ mod tests {
             "stopped after {took:?}"
         );
         let st = inst.status();
-        assert_eq!(st.stop_reason.as_deref(), Some(reason::IDLE));
+        assert_eq!(st.stop_reason, Some(StopReason::Idle));
         let stored = s.lifecycle.orchestrator.load().await.unwrap();
-        assert_eq!(stored[0].stop_reason.as_deref(), Some(reason::IDLE));
+        assert_eq!(stored[0].stop_reason, Some(StopReason::Idle));
     }
 
     #[tokio::test(start_paused = true)]

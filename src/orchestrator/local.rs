@@ -172,7 +172,7 @@ impl Local {
 /// Whether the instance answers `GET path` below 500, over the connection the proxy would use.
 async fn answers(addr: &UpstreamAddr, path: &str) -> bool {
     let probe = async {
-        let mut conn = crate::state::connect(addr).await.ok()?;
+        let mut conn = crate::upstream::connect(addr).await.ok()?;
         let req = http::Request::get(path)
             .header(http::header::HOST, "localhost")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -354,10 +354,11 @@ impl Orchestrator for Local {
         };
         let group = Pid::from_raw(proc.pgid);
         if !*proc.exited.borrow() {
-            // The program gets SIGTERM to save its state; with bwrap it runs in a session of
-            // its own, two processes below the one this server started.
-            if let Some(main) = self.sandbox.main_process(proc.pgid) {
-                let _ = killpg(Pid::from_raw(main), Signal::SIGTERM);
+            // The program and everything it started get SIGTERM to save their state and go
+            // together (a program waiting for children it alone told to stop would use up the
+            // grace); with bwrap they run below the sandbox's init, in sessions of their own.
+            for pid in self.sandbox.program_processes(proc.pgid) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
             let exited = tokio::time::timeout(STOP_GRACE, proc.exited.wait_for(|e| *e)).await;
             if exited.is_err() {

@@ -107,7 +107,7 @@ pub fn idle(inst: &Instance, default_notice_secs: u64) -> Response<Body> {
         .as_millis() as u64
     });
     // Stopped for a reason that only a navigation undoes: the page offers to resume.
-    let needs_resume = !live && !policy::may_start(s.stop_reason.as_deref(), Trigger::Automatic);
+    let needs_resume = !live && !policy::may_start(s.stop_reason.as_ref(), Trigger::Automatic);
     json(
         StatusCode::OK,
         &json!({

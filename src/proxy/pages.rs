@@ -5,9 +5,6 @@ use crate::http::response::{escape, html, page};
 use crate::http::Body;
 use http::{header, HeaderValue, Response, StatusCode};
 
-/// Where our own endpoints live inside an instance's path.
-pub const PREFIX: &str = "/_vod/";
-
 pub fn starting(id: &str, message: &str) -> Response<Body> {
     let body = format!(
         "<p>Your VS Code <code>{id}</code> is starting. This page moves on by itself when it is ready.</p>\

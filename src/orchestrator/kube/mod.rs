@@ -12,7 +12,8 @@ mod security;
 
 use super::{Observed, Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
 use crate::instance::{
-    AccessToken, InstanceId, InstanceRecord, InstanceSpec, Upstream, UpstreamAddr, UserId,
+    AccessToken, InstanceId, InstanceRecord, InstanceSpec, StopReason, Upstream, UpstreamAddr,
+    UserId,
 };
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -204,7 +205,9 @@ impl Kube {
                 .get(ACTIVITY_ANNOTATION)
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(0),
-            stop_reason: annotations.get(STOP_REASON_ANNOTATION).cloned(),
+            stop_reason: annotations
+                .get(STOP_REASON_ANNOTATION)
+                .map(|r| StopReason::from(r.clone())),
         };
         Ok(Some((rec, scaled_up)))
     }

@@ -146,24 +146,45 @@ impl Sandbox {
         cmd
     }
 
-    /// The process running the instance's program: with bwrap, the grandchild of the process
-    /// this server started (bwrap, then the sandbox's init); without, that process itself.
-    pub fn main_process(&self, leader: i32) -> Option<i32> {
+    /// The processes running the instance's program and everything it started: with bwrap,
+    /// every descendant of the sandbox's init (the child of the process this server started);
+    /// without, the descendants of that process and itself.
+    pub fn program_processes(&self, leader: i32) -> Vec<i32> {
         if !self.is_on() {
-            return Some(leader);
+            let mut all = vec![leader];
+            all.extend(descendants(leader));
+            return all;
         }
-        let init = first_child(leader)?;
-        first_child(init)
+        children(leader)
+            .first()
+            .map_or_else(Vec::new, |init| descendants(*init))
     }
 }
 
-fn first_child(pid: i32) -> Option<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// A process's children, from every one of its threads.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut next = children(pid);
+    while let Some(p) = next.pop() {
+        next.extend(children(p));
+        out.push(p);
+    }
+    out
 }
 
 /// Finds bwrap on PATH and runs it once the way instances use it.

@@ -1,20 +1,19 @@
-//! What every request handler shares: the lifecycle (and through it the registry and backend),
-//! the admin token, the origins, defaults, the upstream client and the auth rate limiter.
+//! Reaching instances: a connection to an instance's address (TCP or Unix socket) with an
+//! HTTP/1.1 handshake, and the keep-alive pool the proxy sends requests through. The local
+//! backend's readiness probes connect the same way.
 
-use crate::http::guesses::{self, Guesses};
-use crate::http::origin::Origins;
-use crate::instance::{AccessToken, SpecDefaults, UpstreamAddr};
-use crate::lifecycle::Lifecycle;
+use crate::instance::UpstreamAddr;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The readiness probes' connect timeout; the proxy's is configured.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keep-alive HTTP/1.1 connections to instances, by address (TCP or Unix socket).
 ///
@@ -24,10 +23,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// be written to one goes to the next. hyper-util's pooled client does the same with more
 /// work per request (hashing its pool key, a checkout racing a connect): a fifth of the proxy
 /// path's instructions in profiles (bench/README.md).
-#[derive(Default)]
+///
+/// A connection must be made within the connect timeout and a response head must come
+/// within the response timeout, so a hung instance does not hold its clients forever.
 pub struct UpstreamClient {
     idle: Mutex<HashMap<UpstreamAddr, Vec<SendRequest<Incoming>>>>,
     returns: AtomicUsize,
+    connect_timeout: Duration,
+    response_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,14 +39,45 @@ pub enum UpstreamError {
     Connect(UpstreamAddr, std::io::Error),
     #[error("cannot connect to {0}: timed out")]
     ConnectTimeout(UpstreamAddr),
+    #[error("no response within {0:?}")]
+    ResponseTimeout(Duration),
     #[error("{0}")]
     Http(#[from] hyper::Error),
 }
 
+impl UpstreamError {
+    /// The instance took too long (rather than refusing or breaking the exchange).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_)
+        )
+    }
+}
+
 impl UpstreamClient {
+    pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::default(),
+            returns: AtomicUsize::new(0),
+            connect_timeout,
+            response_timeout,
+        }
+    }
+
     /// Sends a request (its URI in origin form, its `Host` set) to the instance at `addr` and
-    /// returns the response.
+    /// returns the response head, within the response timeout.
     pub async fn request(
+        &self,
+        addr: &UpstreamAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        tokio::time::timeout(self.response_timeout, self.exchange(addr, req))
+            .await
+            .map_err(|_| UpstreamError::ResponseTimeout(self.response_timeout))?
+    }
+
+    async fn exchange(
         &self,
         addr: &UpstreamAddr,
         mut req: Request<Incoming>,
@@ -65,7 +99,7 @@ impl UpstreamClient {
                 },
             }
         }
-        let mut conn = connect(addr).await?;
+        let mut conn = connect_within(addr, self.connect_timeout).await?;
         let resp = conn.send_request(req).await?;
         if reusable {
             self.put(addr, conn);
@@ -117,9 +151,21 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    connect_within(addr, PROBE_CONNECT_TIMEOUT).await
+}
+
+async fn connect_within<B>(
+    addr: &UpstreamAddr,
+    timeout: Duration,
+) -> Result<SendRequest<B>, UpstreamError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match addr {
         UpstreamAddr::Tcp(a) => {
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a))
+            let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a))
                 .await
                 .map_err(|_| UpstreamError::ConnectTimeout(addr.clone()))?
                 .map_err(|e| UpstreamError::Connect(addr.clone(), e))?;
@@ -127,7 +173,7 @@ where
             handshake(addr, tcp).await
         }
         UpstreamAddr::Unix(p) => {
-            let unix = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(p))
+            let unix = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(p))
                 .await
                 .map_err(|_| UpstreamError::ConnectTimeout(addr.clone()))?
                 .map_err(|e| UpstreamError::Connect(addr.clone(), e))?;
@@ -151,38 +197,4 @@ where
         }
     });
     Ok(send)
-}
-
-pub struct Shared {
-    pub lifecycle: Arc<Lifecycle>,
-    pub admin_token: AccessToken,
-    /// The public URL, and the origin of each instance.
-    pub origins: Origins,
-    pub defaults: SpecDefaults,
-    pub upstream: UpstreamClient,
-    /// Failed token checks per client.
-    pub guesses: Guesses,
-    /// A WebSocket tunnel with no bytes either way for this long is closed.
-    pub tunnel_idle_timeout: Duration,
-}
-
-impl Shared {
-    pub fn new(
-        lifecycle: Arc<Lifecycle>,
-        admin_token: AccessToken,
-        origins: Origins,
-        defaults: SpecDefaults,
-        auth_failures_per_minute: u32,
-    ) -> Self {
-        let upstream = UpstreamClient::default();
-        Self {
-            lifecycle,
-            admin_token,
-            origins,
-            defaults,
-            upstream,
-            guesses: Guesses::new(auth_failures_per_minute, guesses::TABLE_SIZE),
-            tunnel_idle_timeout: Duration::from_secs(600),
-        }
-    }
 }

@@ -1,0 +1,236 @@
+//! Forwarding to the instance: the request it sees (its path, our cookie out, its secret in,
+//! hop-by-hop headers out, `X-Forwarded-*` set), the response streamed back (the activity
+//! script added to pages, cookies confined), and WebSocket upgrades spliced into a tunnel.
+
+use super::{activity, auth, headers, inject, secret, tunnel};
+use crate::http::conns::Conn;
+use crate::http::failure::Failure;
+use crate::http::{Body, BoxError};
+use crate::instance::{Upstream, UpstreamAddr};
+use crate::registry::{ActivityGuard, Instance};
+use crate::shared::Shared;
+use crate::upstream::UpstreamError;
+use activity::Source;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// The host the client addressed, as a header value for the instance.
+fn host_value(req: &Request<Incoming>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// Builds the request the instance sees, in origin form (the connection names the instance).
+fn upstream_request(
+    upstream: &Upstream,
+    id: &str,
+    rest: &str,
+    req: Request<Incoming>,
+    peer: IpAddr,
+    upgrade: bool,
+) -> Result<Request<Incoming>, Response<Body>> {
+    let host = host_value(&req);
+    let (mut parts, body) = req.into_parts();
+    let path = if upstream.strip_prefix {
+        rest.to_owned()
+    } else {
+        format!("/instances/{id}{rest}")
+    };
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    parts.uri = Uri::builder().path_and_query(pq).build().map_err(|_| {
+        Failure::bad_request("bad_path", "the request path is not valid").response()
+    })?;
+    parts.version = Version::HTTP_11;
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    auth::strip_cookie(&mut parts.headers);
+    if let Some(secret) = &upstream.secret {
+        secret::add(&mut parts.headers, secret);
+    }
+    headers::set_forwarded(&mut parts.headers, peer, host.as_ref());
+    // The instance sees the host the browser used, so its own origin checks agree with ours;
+    // a request without one (HTTP/1.0) names the instance's address, as a client of it would.
+    let host = host.unwrap_or_else(|| match &upstream.addr {
+        UpstreamAddr::Tcp(a) => {
+            HeaderValue::try_from(a.to_string()).unwrap_or(HeaderValue::from_static("localhost"))
+        }
+        UpstreamAddr::Unix(_) => HeaderValue::from_static("localhost"),
+    });
+    parts.headers.insert(header::HOST, host);
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The instance refused, broke or did not answer the exchange: 502, or 504 when it took too
+/// long; a browser loading a page gets a page that says so.
+fn upstream_failed(e: UpstreamError, navigation: bool) -> Response<Body> {
+    let f = if e.is_timeout() {
+        Failure::instance(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("the instance did not answer in time: {e}"),
+        )
+        .retry_after("5")
+    } else {
+        Failure::instance(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            format!("the instance did not answer: {e}"),
+        )
+    };
+    if navigation {
+        f.page()
+    } else {
+        f.response()
+    }
+}
+
+pub async fn forward(
+    sh: &Arc<Shared>,
+    inst: &Arc<Instance>,
+    upstream: Upstream,
+    rest: &str,
+    req: Request<Incoming>,
+    peer: IpAddr,
+    source: Source,
+) -> Response<Body> {
+    // Work keeps the instance busy until its response is sent; a page's background traffic
+    // does not.
+    let guard = source.is_activity().then(|| inst.activity());
+    let script_tag = (source == Source::Navigation).then(|| activity::script_tag(inst.id.as_str()));
+    let mut req = match upstream_request(&upstream, inst.id.as_str(), rest, req, peer, false) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if script_tag.is_some() {
+        // A page that comes back uncompressed can get the activity script.
+        req.headers_mut().remove(header::ACCEPT_ENCODING);
+    }
+    let resp = match sh.upstream.request(&upstream.addr, req).await {
+        Ok(resp) => resp,
+        Err(e) => return upstream_failed(e, source == Source::Navigation),
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    auth::confine_set_cookie(
+        &mut parts.headers,
+        inst.id.as_str(),
+        sh.origins.host_routing(),
+    );
+    if let Some(secret) = &upstream.secret {
+        secret::strip_set_cookie(&mut parts.headers);
+        // VS Code's page reads the connection token from this cookie and sends it again inside
+        // its WebSocket protocol, so the page of the instance must have it.
+        if source == Source::Navigation {
+            parts.headers.append(
+                header::SET_COOKIE,
+                secret::page_cookie(secret, inst.id.as_str(), sh.origins.host_routing()),
+            );
+        }
+    }
+    let body = match script_tag {
+        Some(tag) if inject::wanted(&parts) => match inject::page(&mut parts, body, &tag).await {
+            Ok(b) => b,
+            Err(e) => {
+                return Failure::instance(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    format!("the instance broke off its page: {e}"),
+                )
+                .response()
+            }
+        },
+        _ => body.map_err(BoxError::from).boxed(),
+    };
+    let body = match guard {
+        Some(guard) => GuardedBody {
+            inner: body,
+            _guard: guard,
+        }
+        .boxed(),
+        None => body,
+    };
+    Response::from_parts(parts, body)
+}
+
+pub async fn forward_upgrade(
+    sh: &Arc<Shared>,
+    inst: Arc<Instance>,
+    upstream: Upstream,
+    rest: &str,
+    mut req: Request<Incoming>,
+    peer: IpAddr,
+    conn: Arc<Conn>,
+) -> Response<Body> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let req = match upstream_request(&upstream, inst.id.as_str(), rest, req, peer, true) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut resp = match sh.upstream.request(&upstream.addr, req).await {
+        Ok(r) => r,
+        Err(e) => return upstream_failed(e, false),
+    };
+    auth::confine_set_cookie(
+        resp.headers_mut(),
+        inst.id.as_str(),
+        sh.origins.host_routing(),
+    );
+    if upstream.secret.is_some() {
+        secret::strip_set_cookie(resp.headers_mut());
+    }
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers, false);
+        return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let idle = sh.tunnel_idle_timeout;
+    tokio::spawn(async move {
+        // The tunnel keeps its connection's place in the table, busy, until it ends.
+        let _busy = conn.info.busy();
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((c, u)) => tunnel::splice(c, u, inst, conn.info.close.clone(), idle).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, crate::http::response::empty())
+}
+
+/// A proxied response body that keeps its instance busy until it has been sent in full.
+struct GuardedBody {
+    inner: Body,
+    _guard: ActivityGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
