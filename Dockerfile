@@ -5,7 +5,10 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked --bin vscode-on-demand \
+# The test kit is a member of the workspace: Cargo reads its manifest to resolve the lock file,
+# but builds nothing of it for the product.
+COPY testkit ./testkit
+RUN cargo build --release --locked -p vscode-on-demand --bin vscode-on-demand \
     && strip target/release/vscode-on-demand
 
 FROM gcr.io/distroless/cc-debian12:nonroot

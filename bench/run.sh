@@ -83,8 +83,10 @@ install_tools() {
   done
 }
 
-# The smoke mode reuses the debug build that the test suite just made; figures need release.
-# BENCH_BIN_DIR names a directory with both binaries instead, to compare two builds.
+# The smoke mode reuses the debug build that the test suite just made (scripts/test.sh builds
+# the same way, so nothing is built again after it); figures need release. vod-upstream is a
+# binary of the test kit, the workspace member in testkit/. BENCH_BIN_DIR names a directory
+# with both binaries instead, to compare two builds.
 build() {
   if [ -n "${BENCH_BIN_DIR:-}" ]; then
     VOD="$BENCH_BIN_DIR/vscode-on-demand"
@@ -92,13 +94,17 @@ build() {
     if [ ! -x "$VOD" ] || [ ! -x "$UPSTREAM_BIN" ]; then die "$BENCH_BIN_DIR lacks a binary"; fi
     return 0
   fi
-  local target_dir profile=()
+  local target_dir
   target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-  if [ "$MODE" != smoke ]; then profile=(--release); fi
-  (cd "$ROOT" && cargo build -q "${profile[@]}" --features testkit --bin vscode-on-demand --bin vod-upstream)
   local dir=debug
-  [ "$MODE" != smoke ] && dir=release
+  if [ "$MODE" = smoke ]; then
+    (cd "$ROOT" && cargo build -q --workspace --all-targets)
+  else
+    dir=release
+    (cd "$ROOT" && cargo build -q --release -p vscode-on-demand -p vod-testkit \
+      --bin vscode-on-demand --bin vod-upstream)
+  fi
   VOD="$target_dir/$dir/vscode-on-demand"
   UPSTREAM_BIN="$target_dir/$dir/vod-upstream"
 }

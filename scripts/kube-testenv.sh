@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the binaries of a throw-away Kubernetes control plane (etcd +
 # kube-apiserver + kube-controller-manager, plus kubectl) for the integration
-# tests, which start and supervise them (tests/support/control_plane.rs).
+# tests, which start and supervise them (testkit/src/control_plane/).
 #
 #   scripts/kube-testenv.sh build       build the binaries once into the cache
 #

@@ -8,8 +8,12 @@ eval "$(bash scripts/install-test-deps.sh)"
 # The Kubernetes tests run against a real API server built from source: ~10 minutes the first
 # time, a no-op once it is in the cache.
 bash scripts/kube-testenv.sh build
-cargo fmt --check
-cargo clippy --all-targets --all-features -- -D warnings
-cargo test --all-features
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+# `cargo test` builds a package's own binaries for its integration tests, but not those of the
+# test kit (testkit/: vod-upstream, vod-kubelet) that the tests run beside the product: build
+# every target of the workspace first. bench/run.sh --smoke reuses this same build.
+cargo build --workspace --all-targets
+cargo test --workspace
 # The benchmark's smoke mode (seconds, on the debug build above), so bench/ cannot rot.
 bash bench/run.sh --smoke

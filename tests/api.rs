@@ -1,11 +1,9 @@
 //! The management API contract on a real server over TLS: routes, fields, auth, and the table
 //! of bad inputs that must be refused with a 4xx that says what to fix, creating nothing.
 
-mod support;
-
 use http::{Method, StatusCode};
 use serde_json::json;
-use support::*;
+use vod_testkit::*;
 
 #[tokio::test]
 async fn health_and_banner_need_no_token_everything_else_does() {
@@ -307,7 +305,7 @@ async fn client_subcommands_find_the_local_server_and_fail_clearly() {
     let s = &f.server;
     let data = s.data_dir.to_str().unwrap();
     let run = |args: &[&str]| {
-        std::process::Command::new(BIN)
+        std::process::Command::new(product())
             .args(args)
             .args(["--data-dir", data])
             .output()
@@ -363,7 +361,7 @@ async fn client_subcommands_find_the_local_server_and_fail_clearly() {
         String::from_utf8_lossy(&out.stderr).contains("not a valid user id"),
         "{out:?}"
     );
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(product())
         .args([
             "list",
             "--data-dir",

@@ -1,12 +1,10 @@
 //! What the server takes on: instances per user (409 beyond), instances running at once (429
 //! beyond, a page for a browser), and starts in progress at once (the rest queue, and say so).
 
-mod support;
-
 use http::{Method, StatusCode};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::*;
+use vod_testkit::*;
 
 #[tokio::test]
 async fn one_user_may_have_so_many_instances() {

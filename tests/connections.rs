@@ -3,8 +3,6 @@
 //! idle (silent after the TLS handshake, between keep-alive requests, HTTP/2) and idle
 //! WebSocket tunnels are closed, tunnels count against the cap, and oversized heads get 431.
 
-mod support;
-
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode};
@@ -12,9 +10,9 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use std::time::Duration;
-use support::*;
 use tokio::io::AsyncReadExt;
-use tokio_tungstenite::tungstenite::Message;
+use vod_testkit::tokio_tungstenite::tungstenite::Message;
+use vod_testkit::*;
 
 /// Generous bounds: the limits under test are one or two seconds.
 const CLOSED_WITHIN: Duration = Duration::from_secs(30);

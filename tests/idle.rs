@@ -3,8 +3,6 @@
 //! API) and what does not (WebSocket traffic, a page's background requests), what may start an
 //! instance after an idle stop, and the activity script added to pages.
 
-mod support;
-
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Response, StatusCode};
@@ -12,8 +10,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::*;
-use tokio_tungstenite::tungstenite::{self, Message};
+use vod_testkit::tokio_tungstenite::tungstenite::{self, Message};
+use vod_testkit::*;
 
 const IDLE: &[&str] = &["--idle-timeout", "2s", "--reap-interval", "200ms"];
 
@@ -89,7 +87,9 @@ async fn open_websocket(
     s: &Server,
     c: &Created,
 ) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    vod_testkit::tokio_tungstenite::WebSocketStream<
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    >,
     tungstenite::Error,
 > {
     s.websocket(

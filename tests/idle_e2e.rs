@@ -5,13 +5,11 @@
 //! VS Code's reconnect attempts leave it stopped; the Resume button starts it and VS Code
 //! connects by itself. The browser side is `tests/e2e/idle.js`.
 
-mod support;
-
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
-use support::browser::{instance_processes, run_script, tail, wait_instance_gone, Deps};
-use support::*;
+use vod_testkit::browser::{instance_processes, run_script, wait_instance_gone, Deps};
+use vod_testkit::*;
 
 const IDLE_TIMEOUT_S: u64 = 20;
 const NOTICE_S: u64 = 10;
@@ -70,7 +68,7 @@ async fn scenario(deps: Deps) {
 
     let run = run_script(
         &deps,
-        "idle.js",
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/idle.js")),
         &[
             ("VOD_E2E_URL", c.url.clone()),
             ("VOD_E2E_API", server.base.clone()),
@@ -94,8 +92,8 @@ async fn scenario(deps: Deps) {
         run.success && run.result.as_ref().is_some_and(|r| r["ok"] == true),
         "the browser script failed.\nits output: {}\nserver log:\n{}\ninstance log:\n{}",
         run.stdout,
-        tail(&server_log, 40),
-        tail(&instance_log, 20),
+        log_tail(&server_log, 40),
+        log_tail(&instance_log, 20),
     );
     let r = run.result.unwrap();
     for s in r["screenshots"].as_array().into_iter().flatten() {
@@ -216,7 +214,7 @@ async fn scenario(deps: Deps) {
         starts,
         2,
         "one start, then one resume:\n{}",
-        tail(&server_log, 60)
+        log_tail(&server_log, 60)
     );
 
     // Resume: a navigation starts it, VS Code connects by itself.

@@ -5,14 +5,12 @@
 //! instance on its own origin, none of that reaches B. The browser side is
 //! `tests/e2e/isolation.js`; without its tools this test fails rather than skips.
 
-mod support;
-
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::browser::{run_script, tail, Deps};
-use support::*;
+use vod_testkit::browser::{run_script, Deps};
+use vod_testkit::*;
 
 const BUDGET: Duration = Duration::from_secs(300);
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(270);
@@ -153,7 +151,10 @@ async fn scenario(deps: Deps) {
     };
     let run = run_script(
         &deps,
-        "isolation.js",
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/isolation.js"
+        )),
         &[
             ("VOD_E2E_VICTIM_URL", documented(&b, "")),
             ("VOD_E2E_VICTIM", b.id.clone()),
@@ -167,13 +168,13 @@ async fn scenario(deps: Deps) {
         SCRIPT_TIMEOUT,
     )
     .await;
-    stop_child(&mut attacker);
-    let log = |c: &Created| tail(&data.join(format!("instances/{}/instance.log", c.id)), 30);
+    stop_child(&mut attacker, Duration::from_secs(15));
+    let log = |c: &Created| log_tail(&data.join(format!("instances/{}/instance.log", c.id)), 30);
     assert!(
         run.success && run.result.as_ref().is_some_and(|r| r["ok"] == true),
         "the browser script failed.\nits output: {}\nserver log:\n{}\nA's log:\n{}\nB's log:\n{}",
         run.stdout,
-        tail(&data.with_extension("server.log"), 40),
+        log_tail(&data.with_extension("server.log"), 40),
         log(&a),
         log(&b),
     );

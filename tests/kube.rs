@@ -3,18 +3,16 @@
 //! local processes. The proxy authenticates as the ServiceAccount bound to the manifests' Role,
 //! so every call it makes is proven to be allowed by that Role.
 
-mod support;
-
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode};
 use serde_json::json;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
-use support::kube::{ControlPlane, Kubelet};
-use support::vscode_cli::{fake_cli_tarball, update_service};
-use support::*;
-use tokio_tungstenite::tungstenite::Message;
+use vod_testkit::kube::{ControlPlane, Kubelet};
+use vod_testkit::tokio_tungstenite::tungstenite::Message;
+use vod_testkit::vscode_cli::{fake_cli_tarball, update_service};
+use vod_testkit::*;
 
 /// The proxy's namespace (its account, Role and Lease) and the instances'.
 const NS: &str = "vod-e2e";
@@ -493,7 +491,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         &cp,
         &tmp.path().join("kubelet"),
         &[
-            format!("{INSTALLER}={BIN} {{args-only}}"),
+            format!("{INSTALLER}={} {{args-only}}", product()),
             "ubuntu:24.04={args}".to_owned(),
         ],
     );
@@ -792,7 +790,7 @@ fn deploy_with(
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("VOD_NAMESPACE", "vod-deploy")
         .env("VOD_INSTANCE_NAMESPACE", "vod-deploy-instances")
-        .env("VOD_BIN", BIN)
+        .env("VOD_BIN", product())
         .env("VOD_CERT_DIR", certs)
         .env("VOD_SKIP_MINIKUBE", "1")
         .env("VOD_SKIP_IMAGE", "1")
@@ -813,7 +811,8 @@ async fn deploy_sh_installs_the_proxy_and_removes_it_keeping_workspaces() {
         &cp,
         &tmp.path().join("kubelet"),
         &[format!(
-            "vscode-on-demand:latest={BIN} {{args-only}} --kubeconfig {}",
+            "vscode-on-demand:latest={} {{args-only}} --kubeconfig {}",
+            product(),
             cp.kubeconfig.display()
         )],
     );

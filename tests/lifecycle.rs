@@ -2,13 +2,11 @@
 //! concurrent first visits), the starting page and its event stream, start failures and
 //! timeouts, idle stop and wake, restarts, delete keeping the workspace, and process cleanup.
 
-mod support;
-
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::*;
+use vod_testkit::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_first_visits_start_the_instance_once() {

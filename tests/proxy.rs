@@ -2,16 +2,14 @@
 //! rate limits, strict instance paths, header rewriting, streaming both ways, HTTP/2, and
 //! WebSocket splicing with the origin check.
 
-mod support;
-
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::*;
-use tokio_tungstenite::tungstenite::Message;
+use vod_testkit::tokio_tungstenite::tungstenite::Message;
+use vod_testkit::*;
 
 #[tokio::test]
 async fn token_is_exchanged_for_a_host_only_cookie_and_removed_from_the_url() {

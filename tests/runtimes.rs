@@ -2,15 +2,13 @@
 //! (configurable) update service and cached, and `auto` failing with an error that names what
 //! to install when nothing is available.
 
-mod support;
-
 use http::{Method, StatusCode};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::vscode_cli::{fake_cli_tarball, update_service};
-use support::*;
+use vod_testkit::vscode_cli::{fake_cli_tarball, update_service};
+use vod_testkit::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_web_downloads_the_cli_once_and_keeps_the_base_path() {

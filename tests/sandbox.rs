@@ -4,13 +4,11 @@
 //! data and certificate directories here, so they are inside a bound directory and must be
 //! hidden, not merely left out. Needs a working `bwrap` (`scripts/install-test-deps.sh`).
 
-mod support;
-
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::*;
+use vod_testkit::*;
 
 struct Sandboxed {
     _dir: tempfile::TempDir,
@@ -29,7 +27,7 @@ impl Sandboxed {
         let data = app.join("data");
         let certs = app.join("certs");
         std::fs::create_dir_all(&data).unwrap();
-        std::os::unix::fs::symlink(UPSTREAM, app.join("vod-upstream")).unwrap();
+        std::os::unix::fs::symlink(upstream(), app.join("vod-upstream")).unwrap();
         std::fs::write(app.join("visible.txt"), "runtime file").unwrap();
         let cmd = format!(
             "{} --socket {{socket}} --workspace {{workspace}} --exec",
@@ -265,7 +263,7 @@ async fn without_bwrap_the_bwrap_mode_refuses_to_start_and_auto_warns() {
     let empty = dir.path().join("empty-path");
     std::fs::create_dir_all(&empty).unwrap();
     let data = dir.path().join("data");
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(product())
         .args(["serve", "--listen", "127.0.0.1:0", "--sandbox", "bwrap"])
         .arg("--data-dir")
         .arg(&data)

@@ -2,13 +2,11 @@
 //! `--upstream-response-timeout` is answered 504 (a page for a browser loading one), and the
 //! proxy goes on serving.
 
-mod support;
-
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 use std::time::Duration;
-use support::*;
+use vod_testkit::*;
 
 /// An instance that answers `/` at once and never answers `/hang`.
 const HUNG: &str = r#"

@@ -4,13 +4,11 @@
 //! again. The browser side is `tests/e2e/vscode.js`; its tools come from
 //! `scripts/install-test-deps.sh`, and without them this test fails rather than skips.
 
-mod support;
-
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
-use support::browser::{instance_processes, run_script, tail, wait_instance_gone, Deps};
-use support::*;
+use vod_testkit::browser::{instance_processes, run_script, wait_instance_gone, Deps};
+use vod_testkit::*;
 
 const BUDGET: Duration = Duration::from_secs(300);
 /// Longer than the script's own budget, so the script normally reports its failure itself.
@@ -60,7 +58,7 @@ async fn scenario(deps: Deps) {
 
     let run = run_script(
         &deps,
-        "vscode.js",
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/vscode.js")),
         &[
             // The documented form, on the public host: it hands over to the instance's origin.
             (
@@ -86,8 +84,8 @@ async fn scenario(deps: Deps) {
         run.success && run.result.as_ref().is_some_and(|r| r["ok"] == true),
         "the browser script failed.\nits output: {}\nserver log:\n{}\ninstance log:\n{}",
         run.stdout,
-        tail(&data.with_extension("server.log"), 40),
-        tail(&instance_log, 40),
+        log_tail(&data.with_extension("server.log"), 40),
+        log_tail(&instance_log, 40),
     );
     let result = run.result.unwrap();
     // code-server opens the workspace where its sandbox puts it, not at a server path.

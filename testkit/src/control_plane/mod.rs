@@ -7,12 +7,17 @@
 //! lost to another program taking a chosen port is tried again with new ports and a fresh
 //! directory.
 
+use crate::process::{self, stop_child};
+pub use pki::kubeconfig;
+use pki::{make_pki, set_mode, write_kubeconfig};
 use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+mod pki;
 
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// First address of `SERVICE_CIDR`: the in-cluster `kubernetes` Service, which the serving
@@ -69,7 +74,7 @@ impl Proc {
             "--- {} ({})\n{}",
             self.name,
             self.log.display(),
-            super::log_tail(&self.log, 30)
+            process::log_tail(&self.log, 30)
         )
     }
 
@@ -81,21 +86,7 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
     pub fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill();
+        stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -111,7 +102,7 @@ impl Procs {
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Proc>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        process::lock(&self.0)
     }
 
     /// Panics with the logs of every process if one has exited.
@@ -357,127 +348,4 @@ fn try_launch(state: &Path, pki: &Path, bin: &Path) -> Result<Launched, StartFai
         ca_file: ca,
         procs,
     })
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// A CA, the API server's certificate, the ServiceAccount signing key and static tokens
-/// (the admin in `system:masters`; the controller manager as its own user so its bootstrap
-/// RBAC role applies, as in a real cluster).
-fn make_pki(pki: &Path) {
-    if pki.join("tokens.csv").exists() {
-        return;
-    }
-    std::fs::create_dir_all(pki).unwrap();
-    set_mode(pki, 0o700);
-    let cnf = format!(
-        "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = vod-test\n\
-         [ca_ext]\nbasicConstraints = critical,CA:TRUE\n\
-         keyUsage = critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier = hash\n\
-         [server_ext]\nbasicConstraints = critical,CA:FALSE\n\
-         keyUsage = critical,digitalSignature,keyEncipherment\nextendedKeyUsage = serverAuth\n\
-         subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n\
-         subjectAltName = IP:127.0.0.1,IP:{SERVICE_IP},DNS:localhost,DNS:kubernetes,\
-         DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-    );
-    std::fs::write(pki.join("openssl.cnf"), cnf).unwrap();
-    let serial = format!("0x{}", hex(&rand::random::<[u8; 16]>()));
-    let steps: [&[&str]; 5] = [
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-config",
-            "openssl.cnf",
-            "-extensions",
-            "ca_ext",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "3650",
-            "-subj",
-            "/CN=vod-test-ca",
-        ],
-        &[
-            "req",
-            "-new",
-            "-config",
-            "openssl.cnf",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "apiserver.key",
-            "-out",
-            "apiserver.csr",
-            "-subj",
-            "/CN=kube-apiserver",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "apiserver.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            &serial,
-            "-days",
-            "3650",
-            "-extfile",
-            "openssl.cnf",
-            "-extensions",
-            "server_ext",
-            "-out",
-            "apiserver.crt",
-        ],
-        &["genrsa", "-out", "sa.key", "2048"],
-        &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
-    ];
-    for args in steps {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(pki)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let tokens = format!(
-        "{},vod-admin,vod-admin,\"system:masters\"\n\
-         {},system:kube-controller-manager,system:kube-controller-manager\n",
-        hex(&rand::random::<[u8; 32]>()),
-        hex(&rand::random::<[u8; 32]>())
-    );
-    std::fs::write(pki.join("tokens.csv.tmp"), tokens).unwrap();
-    std::fs::rename(pki.join("tokens.csv.tmp"), pki.join("tokens.csv")).unwrap();
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn write_kubeconfig(file: &Path, server: &str, ca: &Path, user: &str, token: &str) {
-    let kc = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: vod-test\n  cluster:\n    server: {server}\n    certificate-authority: {}\n\
-         users:\n- name: {user}\n  user:\n    token: {token}\n\
-         contexts:\n- name: vod-test\n  context:\n    cluster: vod-test\n    user: {user}\n\
-         current-context: vod-test\n",
-        ca.display()
-    );
-    std::fs::write(file, kc).unwrap();
-    set_mode(file, 0o600);
 }

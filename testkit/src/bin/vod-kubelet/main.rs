@@ -20,10 +20,11 @@
 
 mod container;
 mod events;
-mod insecure_tls;
+mod groups;
 mod ipam;
 mod node;
 mod pod;
+mod probe;
 mod template;
 mod volumes;
 
@@ -57,10 +58,12 @@ use tokio::{
     time::{sleep, timeout},
 };
 use tracing::{debug, error, info, warn};
+use vod_testkit::process::lock;
 
 use crate::{
-    container::{kill_stale, Backoff, ProcGroups},
+    container::Backoff,
     events::{Kind as EventKind, PodRef, Recorder},
+    groups::{kill_stale, ProcGroups},
     ipam::{IpRange, Ipam},
     pod::PodMsg,
     template::{ImageMap, ImageMapping},
@@ -346,7 +349,7 @@ impl Scheduler {
             self.finished.push_back(uid.clone());
             if done.is_err() {
                 // The worker cannot clean up after a panic; at least free the address.
-                container::lock(&self.ctx.ipam).release(&uid);
+                lock(&self.ctx.ipam).release(&uid);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! `<version>/cli-alpine-<arch>/stable` with a redirect to a
 //! tarball of it, counting downloads.
 
-use super::UPSTREAM;
+use crate::bins;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
@@ -22,7 +22,7 @@ pub fn fake_cli_tarball(dir: &Path) -> Vec<u8> {
          if [ -n \"$socket\" ]; then exec {up} --socket \"$socket\" --workspace \"$PWD\" ${{tok:+--connection-token \"$tok\"}}; fi\n\
          exec {up} --host \"${{POD_IP:-127.0.0.1}}\" --port \"$port\" --workspace \"$PWD\" ${{tok:+--connection-token \"$tok\"}}\n",
         args = dir.join("cli-args").display(),
-        up = UPSTREAM,
+        up = bins::upstream(),
     );
     let code = src.join("code");
     std::fs::write(&code, script).unwrap();

@@ -3,7 +3,8 @@
 //! than skip), a runner for the browser scripts under `tests/e2e/`, and ways to look at what
 //! code-server left behind.
 
-use super::pid_alive;
+use crate::bins::cache_dir;
+use crate::process::{pid_alive, stop_child};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -30,8 +31,7 @@ fn dep(var: &str, default: PathBuf, what: &str) -> PathBuf {
 
 impl Deps {
     pub fn find() -> Deps {
-        let cache = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-            .join(".cache/vscode-on-demand");
+        let cache = cache_dir();
         let deps = Deps {
             code_server: dep(
                 "VOD_TEST_CODE_SERVER",
@@ -79,13 +79,6 @@ pub fn instance_processes(id: &str) -> Vec<i32> {
         .collect()
 }
 
-/// The last lines of a log, for failure messages.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 pub struct ScriptRun {
     pub success: bool,
     /// The last JSON line the script printed.
@@ -93,19 +86,16 @@ pub struct ScriptRun {
     pub stdout: String,
 }
 
-/// Runs a browser script under `tests/e2e/`, forwarding its progress (stderr) as it happens;
-/// it is stopped after `timeout`.
+/// Runs a browser script (the end-to-end tests' are under the root `tests/e2e/`), forwarding
+/// its progress (stderr) as it happens; it is stopped after `timeout`.
 pub async fn run_script(
     deps: &Deps,
-    script: &str,
+    script: &Path,
     env: &[(&str, String)],
     timeout: Duration,
 ) -> ScriptRun {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/e2e")
-        .join(script);
     let mut cmd = Command::new("node");
-    cmd.arg(&path)
+    cmd.arg(script)
         .env("NODE_PATH", &deps.node_path)
         .env("VOD_E2E_CHROMIUM", &deps.chromium)
         .stdin(Stdio::null())
@@ -134,11 +124,7 @@ pub async fn run_script(
         }
         if Instant::now() > end {
             // SIGTERM first: playwright closes the browser it launched on the way out.
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_child(&mut child, Duration::from_secs(5));
             break None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1,38 +1,33 @@
-//! One container of a pod as a local process: image → command, start, readiness and liveness
-//! probes, restarts with back-off, and termination of its whole process group.
+//! One container of a pod as a local process: image → command, start, supervision with its
+//! readiness and liveness probes (run by `probe`), restarts with back-off, and its end (its
+//! process group, kept by `groups`, is terminated as a whole).
 
 use std::{
-    collections::{HashMap, HashSet},
-    future::Future,
+    collections::HashMap,
     net::Ipv4Addr,
     os::unix::process::ExitStatusExt,
-    path::{Path, PathBuf},
-    pin::Pin,
+    path::PathBuf,
     process::{ExitStatus, Stdio},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{header, Request};
-use hyper_util::rt::TokioIo;
 use k8s_openapi::{
     api::core::v1::{Container, Pod, Probe},
-    apimachinery::pkg::util::intstr::IntOrString,
     jiff::Timestamp,
 };
-use nix::{sys::signal::Signal, unistd::Pid};
+use nix::sys::signal::Signal;
 use tokio::{
-    net::TcpStream,
     process::{Child, Command},
     sync::{mpsc, watch},
-    time::{sleep, sleep_until, timeout, Instant},
+    time::{sleep, Instant},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
     events::{Kind as EventKind, PodRef},
+    groups::{signal_group, terminate},
+    probe::{poll_probe, ProbeState},
     template::{expand_refs, Expansion, Mounts, Template},
     volumes::{self, safe_rel},
     Ctx,
@@ -43,21 +38,6 @@ pub const MAX_GRACE: Duration = Duration::from_secs(10);
 /// A container that ran this long before exiting starts its back-off over, as with the kubelet
 /// (which uses ten minutes; tests need a shorter memory).
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
-/// Probe period cap: a real kubelet's default of 10 s would make every test wait.
-const MAX_PROBE_PERIOD: Duration = Duration::from_secs(1);
-/// Readiness is polled faster until the first success, so a fresh pod turns Ready promptly.
-const STARTUP_PROBE_PERIOD: Duration = Duration::from_millis(250);
-const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Name of the file, in the pod directory, that lists the pod's live process groups, so that a
-/// restarted vod-kubelet can kill what a crashed one left behind.
-pub const PGIDS_FILE: &str = ".pgids";
-
-/// Poisoning only means another task panicked mid-update of plain bookkeeping data; carrying on
-/// with it is better than taking the whole kubelet down.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Exponential back-off, 2 s doubling to 30 s, the pace the kubelet uses (scaled down).
 pub struct Backoff(Duration);
 
@@ -73,68 +53,6 @@ impl Backoff {
     }
 }
 
-/// Every process group vod-kubelet started and has not seen end, for the last-resort kill when
-/// it exits.
-#[derive(Default)]
-pub struct ProcGroups(Mutex<HashSet<i32>>);
-
-impl ProcGroups {
-    fn add(&self, pgid: i32) {
-        lock(&self.0).insert(pgid);
-    }
-
-    fn remove(&self, pgid: i32) {
-        lock(&self.0).remove(&pgid);
-    }
-
-    pub fn kill_all(&self) {
-        for pgid in lock(&self.0).drain() {
-            signal_group(pgid, Signal::SIGKILL);
-        }
-    }
-}
-
-fn signal_group(pgid: i32, sig: Signal) {
-    // ESRCH (group already gone) is the normal case after a clean exit.
-    if let Err(e) = nix::sys::signal::killpg(Pid::from_raw(pgid), sig) {
-        if e != nix::errno::Errno::ESRCH {
-            warn!(pgid, signal = %sig, error = %e, "cannot signal process group");
-        }
-    }
-}
-
-/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`): together
-/// with the PID it identifies a process even after the PID is reused.
-fn proc_start_time(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses; it ends at the last ')'.
-    let rest = &s[s.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Kills the process groups listed in `dir`'s PGIDS_FILE that still run (same PID, same start
-/// time), i.e. containers left over by a previous vod-kubelet that did not shut down cleanly.
-pub fn kill_stale(dir: &Path) {
-    let file = dir.join(PGIDS_FILE);
-    let Ok(text) = std::fs::read_to_string(&file) else {
-        return;
-    };
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(Ok(pgid)), Some(Ok(start))) = (
-            it.next().map(str::parse::<i32>),
-            it.next().map(str::parse::<u64>),
-        ) else {
-            continue;
-        };
-        if pgid > 1 && proc_start_time(pgid) == Some(start) {
-            info!(pgid, dir = %dir.display(), "killing a container left over from an earlier run");
-            signal_group(pgid, Signal::SIGKILL);
-        }
-    }
-    let _ = std::fs::remove_file(file);
-}
-
 /// What every container of one pod shares for as long as the pod runs.
 pub struct PodRun {
     pub ctx: Arc<Ctx>,
@@ -148,33 +66,6 @@ pub struct PodRun {
 }
 
 impl PodRun {
-    fn track(&self, name: &str, pgid: i32) {
-        self.ctx.groups.add(pgid);
-        let start = proc_start_time(pgid).unwrap_or(0);
-        let mut procs = lock(&self.procs);
-        procs.insert(name.to_string(), (pgid, start));
-        self.write_pgids(&procs);
-    }
-
-    fn untrack(&self, name: &str, pgid: i32) {
-        self.ctx.groups.remove(pgid);
-        let mut procs = lock(&self.procs);
-        procs.remove(name);
-        self.write_pgids(&procs);
-    }
-
-    fn write_pgids(&self, procs: &HashMap<String, (i32, u64)>) {
-        // Written while holding the lock so concurrent containers cannot interleave stale
-        // contents; the file is a few lines, so blocking here is negligible.
-        let text: String = procs
-            .values()
-            .map(|(pgid, start)| format!("{pgid} {start}\n"))
-            .collect();
-        if let Err(e) = std::fs::write(self.dir.join(PGIDS_FILE), text) {
-            warn!(pod = %self.pref, error = %e, "cannot record process groups");
-        }
-    }
-
     pub fn restart_policy(&self) -> &str {
         self.pod
             .spec
@@ -712,280 +603,4 @@ impl Runner {
             }
         }
     }
-}
-
-/// SIGTERM to the group, SIGKILL once `grace` is over, and SIGKILL again for anything of the
-/// group that outlived its leader.
-async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> Option<ExitStatus> {
-    signal_group(pgid, Signal::SIGTERM);
-    let st = match timeout(grace, child.wait()).await {
-        Ok(st) => st.ok(),
-        Err(_) => {
-            signal_group(pgid, Signal::SIGKILL);
-            child.wait().await.ok()
-        }
-    };
-    signal_group(pgid, Signal::SIGKILL);
-    st
-}
-
-#[derive(Clone, Debug)]
-enum Action {
-    Http {
-        https: bool,
-        host: String,
-        port: u16,
-        path: String,
-        headers: Vec<(String, String)>,
-    },
-    Tcp {
-        host: String,
-        port: u16,
-    },
-    /// Exec probes would run inside the container; here they always pass.
-    Pass,
-    /// A probe that cannot work (unknown port name); fails with this message.
-    Broken(String),
-}
-
-type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-
-struct ProbeState {
-    action: Action,
-    next: Instant,
-    period: Duration,
-    timeout: Duration,
-    success_threshold: u32,
-    failure_threshold: u32,
-    successes: u32,
-    failures: u32,
-    /// Kept across `select!` iterations so that another branch firing does not restart it.
-    inflight: Option<ProbeFuture>,
-    ok: bool,
-    ever_ok: bool,
-    /// When a kubelet with the nominal period would have given up on a container that never
-    /// became ready; earlier failures are part of a normal start and not worth a Warning.
-    quiet_until: Instant,
-    warned: bool,
-}
-
-impl ProbeState {
-    fn new(
-        p: &Probe,
-        ports: &[k8s_openapi::api::core::v1::ContainerPort],
-        ip: Ipv4Addr,
-        started: Instant,
-        ok: bool,
-    ) -> Self {
-        let secs =
-            |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
-        let nominal = secs(p.period_seconds, 10).max(Duration::from_secs(1));
-        let initial = secs(p.initial_delay_seconds, 0);
-        let failure_threshold = p.failure_threshold.unwrap_or(3).max(1) as u32;
-        let resolve = |port: &IntOrString| -> Result<u16, String> {
-            match port {
-                IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
-                IntOrString::String(name) => ports
-                    .iter()
-                    .find(|p| p.name.as_deref() == Some(name.as_str()))
-                    .and_then(|p| u16::try_from(p.container_port).ok())
-                    .or_else(|| name.parse().ok())
-                    .ok_or_else(|| format!("port name {name:?} not found in the container")),
-            }
-        };
-        let action = if let Some(h) = &p.http_get {
-            match resolve(&h.port) {
-                Ok(port) => {
-                    let path = h.path.clone().unwrap_or_default();
-                    Action::Http {
-                        https: h.scheme.as_deref() == Some("HTTPS"),
-                        host: h.host.clone().unwrap_or_else(|| ip.to_string()),
-                        port,
-                        path: if path.starts_with('/') {
-                            path
-                        } else {
-                            format!("/{path}")
-                        },
-                        headers: h
-                            .http_headers
-                            .iter()
-                            .flatten()
-                            .map(|h| (h.name.clone(), h.value.clone()))
-                            .collect(),
-                    }
-                }
-                Err(e) => Action::Broken(e),
-            }
-        } else if let Some(t) = &p.tcp_socket {
-            match resolve(&t.port) {
-                Ok(port) => Action::Tcp {
-                    host: t.host.clone().unwrap_or_else(|| ip.to_string()),
-                    port,
-                },
-                Err(e) => Action::Broken(e),
-            }
-        } else {
-            Action::Pass
-        };
-        ProbeState {
-            action,
-            next: started + initial,
-            period: nominal.min(MAX_PROBE_PERIOD),
-            timeout: secs(p.timeout_seconds, 1)
-                .max(Duration::from_secs(1))
-                .min(MAX_PROBE_TIMEOUT),
-            success_threshold: p.success_threshold.unwrap_or(1).max(1) as u32,
-            failure_threshold,
-            successes: 0,
-            failures: 0,
-            inflight: None,
-            ok,
-            ever_ok: false,
-            quiet_until: started + initial + nominal * failure_threshold,
-            warned: false,
-        }
-    }
-
-    /// Records one result; true if `ok` flipped.
-    fn record(&mut self, res: &Result<(), String>) -> bool {
-        let before = self.ok;
-        match res {
-            Ok(()) => {
-                self.failures = 0;
-                self.successes += 1;
-                self.warned = false;
-                if self.successes >= self.success_threshold {
-                    self.ok = true;
-                    self.ever_ok = true;
-                }
-            }
-            Err(_) => {
-                self.successes = 0;
-                self.failures += 1;
-                if self.failures >= self.failure_threshold {
-                    self.ok = false;
-                }
-            }
-        }
-        before != self.ok
-    }
-
-    /// Once per failure streak that counts: past the threshold, and not during a normal start.
-    fn should_warn(&mut self) -> bool {
-        let counts = self.failures >= self.failure_threshold
-            && (self.ever_ok || Instant::now() >= self.quiet_until);
-        let warn = counts && !self.warned;
-        self.warned |= counts;
-        warn
-    }
-}
-
-/// The next probe result; never resolves without a probe. Cancel-safe: an interrupted probe
-/// stays in `inflight` and is resumed by the next call.
-async fn poll_probe(p: Option<&mut ProbeState>) -> Result<(), String> {
-    let Some(p) = p else {
-        return std::future::pending().await;
-    };
-    loop {
-        if let Some(f) = p.inflight.as_mut() {
-            let res = f.await;
-            p.inflight = None;
-            let period = if p.ever_ok || p.ok {
-                p.period
-            } else {
-                STARTUP_PROBE_PERIOD.min(p.period)
-            };
-            p.next = Instant::now() + period;
-            return res;
-        }
-        sleep_until(p.next).await;
-        p.inflight = Some(Box::pin(probe(p.action.clone(), p.timeout)));
-    }
-}
-
-async fn probe(action: Action, limit: Duration) -> Result<(), String> {
-    match action {
-        Action::Pass => Ok(()),
-        Action::Broken(e) => Err(e),
-        Action::Tcp { host, port } => {
-            match timeout(limit, TcpStream::connect((host.as_str(), port))).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
-                Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
-            }
-        }
-        Action::Http {
-            https,
-            host,
-            port,
-            path,
-            headers,
-        } => {
-            let scheme = if https { "https" } else { "http" };
-            let url = format!("{scheme}://{host}:{port}{path}");
-            match timeout(limit, http_get(https, &host, port, &path, &headers)).await {
-                Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
-                Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
-                Ok(Err(e)) => Err(format!("Get {url:?}: {e}")),
-                Err(_) => Err(format!(
-                    "Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
-                )),
-            }
-        }
-    }
-}
-
-async fn http_get(
-    https: bool,
-    host: &str,
-    port: u16,
-    path: &str,
-    headers: &[(String, String)],
-) -> Result<u16, String> {
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
-    if !https {
-        return http_exchange(TokioIo::new(stream), host, port, path, headers).await;
-    }
-    let name =
-        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
-    let tls = crate::insecure_tls::connector()
-        .connect(name, stream)
-        .await
-        .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
-    http_exchange(TokioIo::new(tls), host, port, path, headers).await
-}
-
-async fn http_exchange<I>(
-    io: I,
-    host: &str,
-    port: u16,
-    path: &str,
-    headers: &[(String, String)],
-) -> Result<u16, String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(conn);
-    let mut req = Request::get(path)
-        .header(header::HOST, format!("{host}:{port}"))
-        .header(header::USER_AGENT, "kube-probe/1.20");
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let result = match req.body(Empty::<Bytes>::new()) {
-        Ok(req) => send
-            .send_request(req)
-            .await
-            .map(|r| r.status().as_u16())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    // Only the status line matters; drop the connection instead of reading the body.
-    driver.abort();
-    result
 }

@@ -21,13 +21,12 @@ use tokio::{
     time::{sleep, sleep_until, Instant},
 };
 use tracing::{debug, info, warn};
+use vod_testkit::process::lock;
 
 use crate::{
-    container::{
-        self, kill_stale, lock, Backoff, Kind, Outcome, PodRun, State, Status, Term, Update,
-        MAX_GRACE,
-    },
+    container::{self, Backoff, Kind, Outcome, PodRun, State, Status, Term, Update, MAX_GRACE},
     events::{Kind as EventKind, PodRef},
+    groups::kill_stale,
     time_str, volumes, Ctx,
 };
 

@@ -1,14 +1,15 @@
 //! A real Kubernetes control plane for tests (built by `scripts/kube-testenv.sh build`, started
-//! by [`super::control_plane`]), `kubectl` against it, a ServiceAccount kubeconfig, and the
+//! by [`crate::control_plane`]), `kubectl` against it, a ServiceAccount kubeconfig, and the
 //! `vod-kubelet` stand-in that runs pods as local processes. Everything started here is
 //! stopped when dropped.
 
-use super::control_plane::{launch, Proc, Procs};
+use crate::bins::{self, cache_dir};
+use crate::control_plane::{kubeconfig, launch, Proc, Procs};
+use crate::process::{lock, stop_child};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-pub const KUBELET: &str = env!("CARGO_BIN_EXE_vod-kubelet");
 
 pub struct ControlPlane {
     /// This start's state: logs, kubeconfigs, etcd data.
@@ -23,19 +24,14 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts etcd, kube-apiserver (RBAC) and kube-controller-manager with state under `dir`.
     pub fn start(dir: &Path) -> ControlPlane {
-        let cache = std::env::var("VOD_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/vscode-on-demand")
-            });
-        let bin = cache.join("kube/bin");
+        let bin = cache_dir().join("kube/bin");
         assert!(
             bin.join("kube-apiserver").exists(),
             "the test control plane is not built: run `scripts/kube-testenv.sh build` (or scripts/test.sh)"
         );
         // Starts in one test process take turns, so two never choose ports at the same moment.
-        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _turn = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+        static STARTING: Mutex<()> = Mutex::new(());
+        let _turn = lock(&STARTING);
         let l = launch(dir, &bin);
         ControlPlane {
             dir: l.dir,
@@ -114,13 +110,7 @@ impl ControlPlane {
             assert!(Instant::now() < end, "no token Secret for {ns}/{sa}");
             std::thread::sleep(Duration::from_millis(200));
         };
-        let kc = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-             users:\n- name: {sa}\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: {sa}\n    namespace: {ns}\n\
-             current-context: sa\n",
-            self.server,
-            self.ca_file.display()
-        );
+        let kc = kubeconfig(&self.server, &self.ca_file, sa, &token, Some(ns));
         std::fs::write(out, kc).unwrap();
         out.to_owned()
     }
@@ -161,7 +151,7 @@ pub struct Kubelet {
 impl Kubelet {
     pub fn start(cp: &ControlPlane, state_dir: &Path, images: &[String]) -> Kubelet {
         std::fs::create_dir_all(state_dir).unwrap();
-        let mut cmd = Command::new(KUBELET);
+        let mut cmd = Command::new(bins::kubelet());
         cmd.arg("--kubeconfig")
             .arg(&cp.kubeconfig)
             .args(["--node-name", "node-1", "--state-dir"])
@@ -185,7 +175,7 @@ impl Kubelet {
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
-        super::stop_child(&mut self.child);
+        stop_child(&mut self.child, Duration::from_secs(15));
     }
 }
 
