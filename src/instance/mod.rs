@@ -5,14 +5,15 @@
 
 mod checks;
 mod status;
+mod upstream;
 
 pub use status::{State, Status, StopReason};
+pub use upstream::{Upstream, UpstreamAddr};
 
 use checks::{cpu, image_ref, memory, vscode_version};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::Arc;
 
 /// Longest `user_id` accepted: leaves room for `-<8 hex>` and resource-name suffixes inside
 /// Kubernetes' 63-character label limit.
@@ -319,44 +320,6 @@ impl AccessToken {
 impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AccessToken(<redacted>)")
-    }
-}
-
-/// Where a running instance serves, whether it expects the `/instances/<id>` prefix removed
-/// from request paths (code-server serves at `/`; `code serve-web` takes a base path), and the
-/// secret the instance requires on every request, which only the proxy knows (kube pods are on
-/// a network others share; local instances serve on sockets only this server can open).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Upstream {
-    pub addr: UpstreamAddr,
-    pub strip_prefix: bool,
-    pub secret: Option<Arc<str>>,
-}
-
-impl fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream")
-            .field("addr", &self.addr)
-            .field("strip_prefix", &self.strip_prefix)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-/// An instance's listening address: a TCP address (pods, `{port}` command templates) or a
-/// Unix socket in a directory only this server can open (local instances).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum UpstreamAddr {
-    Tcp(std::net::SocketAddr),
-    Unix(std::sync::Arc<std::path::Path>),
-}
-
-impl fmt::Display for UpstreamAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp(a) => a.fmt(f),
-            Self::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
     }
 }
 

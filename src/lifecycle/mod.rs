@@ -5,6 +5,7 @@
 //! [`crate::instance::Status`].
 
 mod capacity;
+mod follow;
 pub mod policy;
 mod reaper;
 
@@ -15,9 +16,9 @@ pub use reaper::Reaper;
 
 use crate::instance::{
     AccessToken, CreateRequest, InstanceId, InstanceRecord, Invalid, SpecDefaults, State, Status,
-    StopReason, Upstream, UpstreamAddr,
+    StopReason, Upstream,
 };
-use crate::orchestrator::{Observed, Orchestrator, OrchestratorError};
+use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::registry::{Instance, Registry};
 use std::sync::Arc;
 use std::time::Duration;
@@ -299,80 +300,6 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Follows changes the backend observes (other servers creating, scaling or deleting
-    /// instances) until shutdown.
-    pub async fn follow(self: Arc<Self>) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-        let orchestrator = self.orchestrator.clone();
-        let shutdown = self.shutdown.clone();
-        let observer = tokio::spawn(async move {
-            tokio::select! {
-                () = orchestrator.observe(tx) => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-        while let Some(seen) = tokio::select! {
-            s = rx.recv() => s,
-            () = self.shutdown.cancelled() => None,
-        } {
-            self.apply(seen);
-        }
-        observer.abort();
-    }
-
-    fn apply(&self, seen: Observed) {
-        match seen {
-            Observed::Present { record, scaled_up } => match self.registry.get(&record.instance_id)
-            {
-                None => {
-                    tracing::info!(instance = %record.instance_id, "instance found in the backend");
-                    self.registry.insert(self.registry.instance(*record));
-                }
-                Some(inst) => {
-                    inst.observe_activity(record.last_activity_ms);
-                    if scaled_up {
-                        // Started by another server: a stop reason seen earlier no longer
-                        // keeps reconnects here from joining it.
-                        inst.update(|s| s.reason_learnt(None));
-                    } else {
-                        let stored = record.stop_reason;
-                        inst.update(|s| {
-                            if s.state == State::Running {
-                                let why = stored.unwrap_or(StopReason::ScaledDown);
-                                s.stopped(Some(why), "")
-                            } else if stored.is_some() {
-                                // Already stopped here; the reason arrived after the scale-down.
-                                s.reason_learnt(stored)
-                            } else {
-                                false
-                            }
-                        });
-                    }
-                }
-            },
-            Observed::Gone(id) => {
-                if let Some(inst) = self.registry.remove(&id) {
-                    tracing::info!(instance = %id, "instance deleted in the backend");
-                    inst.update(|s| s.stopped(Some(StopReason::Deleted), ""));
-                }
-            }
-            Observed::Lost { id, addr } => {
-                if let Some(inst) = self.registry.get(&id) {
-                    let lost = inst.update(|s| {
-                        s.state == State::Running
-                            && s.upstream
-                                .as_ref()
-                                .is_some_and(|u| u.addr == UpstreamAddr::Tcp(addr))
-                            && s.stopped(None, "its pod went away")
-                    });
-                    if lost {
-                        tracing::info!(instance = %id, %addr, "instance no longer serving there");
-                    }
-                }
-            }
-        }
-    }
-
     /// Stops every instance: the local backend's processes must not outlive the server.
     pub async fn stop_all(&self, reason: StopReason) {
         let all = self.registry.all();
@@ -412,7 +339,10 @@ mod tests {
     //! How a follower takes in what other servers did to an instance's stop reason.
 
     use super::*;
-    use crate::instance::{AccessToken, CreateRequest, InstanceId, InstanceRecord, SpecDefaults};
+    use crate::instance::{
+        AccessToken, CreateRequest, InstanceId, InstanceRecord, SpecDefaults, UpstreamAddr,
+    };
+    use crate::orchestrator::Observed;
 
     fn record(stop_reason: Option<StopReason>) -> InstanceRecord {
         let (user, spec) = CreateRequest {
