@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::conns::{Conn, ConnLimits, Conns};
+use crate::http::conns::{Conn, ConnInfo, ConnLimits, Conns};
 
 /// A year; not `includeSubDomains`, which would bind hosts under the public name that this
 /// server does not serve.
@@ -138,12 +138,14 @@ async fn serve_connection(
     });
     let http = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
     tokio::pin!(http);
+    // Idleness is watched from a task of its own, which asks the connection to close like an
+    // eviction does: the connection's own polling, once per request and more, stays as cheap
+    // as waiting for that one signal.
+    let watch_done = CancellationToken::new();
+    let _stop_watch = watch_done.clone().drop_guard();
+    tokio::spawn(watch_idle(conn.info.clone(), idle_limit, watch_done));
     let mut closing = false;
     loop {
-        let idle_left = conn
-            .info
-            .idle_for()
-            .map_or(idle_limit, |idle| idle_limit.saturating_sub(idle));
         tokio::select! {
             r = http.as_mut() => {
                 if let Err(e) = r {
@@ -155,12 +157,23 @@ async fn serve_connection(
                 closing = true;
                 http.as_mut().graceful_shutdown();
             }
-            () = tokio::time::sleep(idle_left), if !closing => {
-                if conn.info.idle_for().is_some_and(|idle| idle >= idle_limit) {
-                    closing = true;
-                    http.as_mut().graceful_shutdown();
-                }
-            }
+        }
+    }
+}
+
+/// Asks a connection to close once it has had nothing in flight for `limit`.
+async fn watch_idle(info: Arc<ConnInfo>, limit: Duration, done: CancellationToken) {
+    loop {
+        let left = info
+            .idle_for()
+            .map_or(limit, |idle| limit.saturating_sub(idle));
+        tokio::select! {
+            () = tokio::time::sleep(left) => {}
+            () = done.cancelled() => return,
+        }
+        if info.idle_for().is_some_and(|idle| idle >= limit) {
+            info.close.cancel();
+            return;
         }
     }
 }
