@@ -77,7 +77,9 @@ fn write(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
         source,
     };
     // Written aside and renamed, so a crash never leaves half a key.
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
