@@ -237,3 +237,30 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever cookies a client sends, none of ours reaches the instance.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn our_cookie_never_passes(pairs in prop::collection::vec(
+            (prop_oneof![Just("vod_tkn"), Just("__Host-vod_tkn"), Just("__Secure-vod_tkn"), Just("a"), Just("theme")],
+             "[a-zA-Z0-9]{0,8}"), 0..6),
+            sep in prop_oneof![Just("; "), Just(";"), Just(";  ")]) {
+            let value = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(sep);
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(header::COOKIE, v);
+            }
+            strip_cookie(&mut h);
+            let left = h.get(header::COOKIE).map(|v| v.to_str().unwrap_or("").to_owned()).unwrap_or_default();
+            prop_assert!(!left.split(';').any(|kv| kv.trim().split('=').next().is_some_and(is_ours)), "{}", left);
+            let kept = pairs.iter().filter(|(k, _)| !is_ours(k)).count();
+            prop_assert_eq!(left.split(';').filter(|kv| !kv.trim().is_empty()).count(), kept);
+        }
+    }
+}
