@@ -30,6 +30,24 @@ async fn kept_alive(s: &Server) -> hyper::client::conn::http1::SendRequest<Full<
     tx
 }
 
+/// A request on a new connection to the instance, answered once the instance has started; the
+/// connection is open (and in the table) when this returns.
+async fn held_request(s: &Server, c: &Created) -> tokio::task::JoinHandle<StatusCode> {
+    let req = s
+        .request(Method::GET, &format!("/instances/{}/small", c.id))
+        .header("cookie", s.cookie(&c.token))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let tls = s.connect(b"http/1.1").await;
+    tokio::spawn(async move {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        tx.send_request(req).await.unwrap().status()
+    })
+}
+
 async fn wait_closed(what: &str, mut closed: impl FnMut() -> bool) {
     wait_until(what, CLOSED_WITHIN, &mut closed).await;
 }
@@ -74,41 +92,13 @@ async fn one_client_is_held_to_its_share() {
     let idle = kept_alive(s).await;
     let _other = kept_alive(s).await;
     // At its share, the client's own idle connection makes room.
-    let held = tokio::spawn({
-        let req = s
-            .request(Method::GET, &format!("/instances/{}/small", c.id))
-            .header("cookie", s.cookie(&c.token))
-            .body(Full::<Bytes>::default())
-            .unwrap();
-        let tls = s.connect(b"http/1.1").await;
-        async move {
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            tx.send_request(req).await.unwrap().status()
-        }
-    });
+    let held = held_request(s, &c).await;
     wait_closed("the client's idle connection closed", || {
         idle.is_closed() || _other.is_closed()
     })
     .await;
     // Now both of its places are taken: one busy, one idle again. Make the idle one busy too.
-    let second = tokio::spawn({
-        let req = s
-            .request(Method::GET, &format!("/instances/{}/small", c.id))
-            .header("cookie", s.cookie(&c.token))
-            .body(Full::<Bytes>::default())
-            .unwrap();
-        let tls = s.connect(b"http/1.1").await;
-        async move {
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            tx.send_request(req).await.unwrap().status()
-        }
-    });
+    let second = held_request(s, &c).await;
     // With nothing idle of its own, a third connection is refused before TLS.
     let mut refused = false;
     for _ in 0..50 {
