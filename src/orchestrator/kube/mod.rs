@@ -8,7 +8,9 @@
 mod lease;
 pub mod objects;
 mod pods;
+mod secrets;
 mod security;
+mod watch;
 
 use super::{Observed, Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
 use crate::instance::{
@@ -16,18 +18,16 @@ use crate::instance::{
     UserId,
 };
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use objects::*;
-use pods::{lost, pod_progress, ready_addr};
-use rand::RngCore;
+use pods::{pod_progress, ready_addr};
+use secrets::new_upstream_token;
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub use objects::KubeSettings;
@@ -92,77 +92,6 @@ impl Kube {
 
     fn apply_params() -> PatchParams {
         PatchParams::apply(MANAGER).force()
-    }
-
-    async fn token(&self, id: &str) -> Result<Option<AccessToken>> {
-        if let Some(t) = self
-            .tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-        {
-            return Ok(Some(t.clone()));
-        }
-        let secret = self
-            .api::<Secret>()
-            .get_opt(&secret_name(id))
-            .await
-            .map_err(kerr("reading a token Secret"))?;
-        let token = secret
-            .and_then(|s| s.data)
-            .and_then(|d| d.get(TOKEN_KEY).cloned())
-            .and_then(|b| String::from_utf8(b.0).ok())
-            .map(AccessToken::from_secret);
-        if let Some(t) = &token {
-            self.tokens
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.to_owned(), t.clone());
-        }
-        Ok(token)
-    }
-
-    /// The connection token the instance's serve-web requires, from its Secret. An instance
-    /// created before there was one gets one now; the write is conditional on the Secret's
-    /// resourceVersion, so of two servers starting it at once both end with the same value.
-    async fn upstream_secret(&self, id: &InstanceId) -> Result<Arc<str>> {
-        let api = self.api::<Secret>();
-        let name = secret_name(id.as_str());
-        for _ in 0..3 {
-            let secret = api
-                .get(&name)
-                .await
-                .map_err(kerr("reading the instance Secret"))?;
-            let existing = secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(UPSTREAM_TOKEN_KEY))
-                .and_then(|b| std::str::from_utf8(&b.0).ok())
-                .filter(|t| !t.is_empty())
-                .map(Arc::from);
-            if let Some(t) = existing {
-                return Ok(t);
-            }
-            let fresh = new_upstream_token();
-            let patch = json!({
-                "metadata": { "resourceVersion": secret.metadata.resource_version },
-                "stringData": { UPSTREAM_TOKEN_KEY: fresh },
-            });
-            match api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(instance = %id, "gave the instance an upstream secret");
-                    return Ok(Arc::from(fresh));
-                }
-                Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                Err(e) => return Err(kerr("adding the upstream secret")(e)),
-            }
-        }
-        Err(OrchestratorError::Kube(format!(
-            "the Secret {name} kept changing while its upstream secret was added"
-        )))
     }
 
     /// Reads an instance back from its Deployment (and token Secret).
@@ -442,56 +371,10 @@ impl Orchestrator for Kube {
     }
 
     async fn observe(&self, tx: tokio::sync::mpsc::Sender<Observed>) {
-        let cfg = watcher::Config::default().labels(&selector());
-        let deployments = watcher(self.api::<Deployment>(), cfg.clone()).default_backoff();
-        let pods = watcher(self.api::<Pod>(), cfg).default_backoff();
-        let mut deployments = std::pin::pin!(deployments);
-        let mut pods = std::pin::pin!(pods);
-        loop {
-            let seen = tokio::select! {
-                ev = deployments.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d))) => match self.record_of(&d).await {
-                        Ok(Some((record, scaled_up))) => Some(Observed::Present { record: Box::new(record), scaled_up }),
-                        _ => None,
-                    },
-                    Some(Ok(watcher::Event::Delete(d))) => d
-                        .metadata
-                        .labels
-                        .and_then(|l| l.get(INSTANCE_LABEL).and_then(|i| InstanceId::parse(i).ok()))
-                        .map(Observed::Gone),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "watching instances");
-                        None
-                    }
-                    Some(Ok(_)) => None,
-                    None => return,
-                },
-                ev = pods.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p))) => lost(&p),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "watching instance pods");
-                        None
-                    }
-                    Some(Ok(_)) => None,
-                    None => return,
-                },
-            };
-            if let Some(seen) = seen {
-                if tx.send(seen).await.is_err() {
-                    return;
-                }
-            }
-        }
+        self.watch(tx).await;
     }
 
     async fn may_reap(&self) -> bool {
         lease::hold(&self.client, &self.settings.namespace, &self.identity).await
     }
-}
-
-/// 256 random bits, hex: the characters VS Code accepts in a connection token.
-fn new_upstream_token() -> String {
-    let mut b = [0u8; 32];
-    rand::rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

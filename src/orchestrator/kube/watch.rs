@@ -1,0 +1,58 @@
+//! Watching the cluster: instance Deployments created, scaled or deleted by other servers,
+//! and pods that go away under a running instance, reported as [`Observed`] changes.
+
+use super::objects::{selector, INSTANCE_LABEL};
+use super::pods::lost;
+use super::Kube;
+use crate::instance::InstanceId;
+use crate::orchestrator::Observed;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{watcher, WatchStreamExt};
+
+impl Kube {
+    /// Reports what other servers do to instances (and pods going away) until `tx` closes.
+    pub(super) async fn watch(&self, tx: tokio::sync::mpsc::Sender<Observed>) {
+        let cfg = watcher::Config::default().labels(&selector());
+        let deployments = watcher(self.api::<Deployment>(), cfg.clone()).default_backoff();
+        let pods = watcher(self.api::<Pod>(), cfg).default_backoff();
+        let mut deployments = std::pin::pin!(deployments);
+        let mut pods = std::pin::pin!(pods);
+        loop {
+            let seen = tokio::select! {
+                ev = deployments.next() => match ev {
+                    Some(Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d))) => match self.record_of(&d).await {
+                        Ok(Some((record, scaled_up))) => Some(Observed::Present { record: Box::new(record), scaled_up }),
+                        _ => None,
+                    },
+                    Some(Ok(watcher::Event::Delete(d))) => d
+                        .metadata
+                        .labels
+                        .and_then(|l| l.get(INSTANCE_LABEL).and_then(|i| InstanceId::parse(i).ok()))
+                        .map(Observed::Gone),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watching instances");
+                        None
+                    }
+                    Some(Ok(_)) => None,
+                    None => return,
+                },
+                ev = pods.next() => match ev {
+                    Some(Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p))) => lost(&p),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watching instance pods");
+                        None
+                    }
+                    Some(Ok(_)) => None,
+                    None => return,
+                },
+            };
+            if let Some(seen) = seen {
+                if tx.send(seen).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
