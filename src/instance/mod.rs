@@ -5,9 +5,11 @@
 
 mod checks;
 mod status;
+mod token;
 mod upstream;
 
 pub use status::{State, Status, StopReason};
+pub use token::AccessToken;
 pub use upstream::{Upstream, UpstreamAddr};
 
 use checks::{cpu, image_ref, memory, vscode_version};
@@ -287,39 +289,6 @@ impl CreateRequest {
             None => Some(d.idle_notice_secs.min(spec.idle_timeout_secs)),
         };
         Ok((user, spec))
-    }
-}
-
-/// A secret that grants access to one instance: 256 random bits, hex-encoded.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct AccessToken(String);
-
-impl AccessToken {
-    pub fn generate() -> Self {
-        let mut b = [0u8; 32];
-        rand::rng().fill_bytes(&mut b);
-        Self(b.iter().map(|x| format!("{x:02x}")).collect())
-    }
-
-    pub fn from_secret(s: String) -> Self {
-        Self(s)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Constant-time comparison, so response timing does not leak how much of a guess matched.
-    pub fn matches(&self, candidate: &[u8]) -> bool {
-        use subtle::ConstantTimeEq;
-        self.0.as_bytes().ct_eq(candidate).into()
-    }
-}
-
-impl fmt::Debug for AccessToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AccessToken(<redacted>)")
     }
 }
 
