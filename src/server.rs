@@ -4,7 +4,7 @@
 
 use crate::http::failure::Failure;
 use crate::http::origin::Site;
-use crate::http::response::{html, page};
+use crate::http::response::{html, page, redirect};
 use crate::http::router::{route, Route};
 use crate::http::{request_host, Body};
 use crate::shared::Shared;
@@ -176,21 +176,6 @@ async fn watch_idle(info: Arc<ConnInfo>, limit: Duration, done: CancellationToke
             return;
         }
     }
-}
-
-fn redirect(status: StatusCode, location: &str) -> Response<Body> {
-    let mut r = Response::new(crate::http::response::empty());
-    *r.status_mut() = status;
-    if let Ok(v) = HeaderValue::from_str(location) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r.headers_mut().insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    r
 }
 
 async fn dispatch(

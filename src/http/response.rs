@@ -92,3 +92,20 @@ pub fn page(title: &str, body_html: &str) -> String {
         t = escape(title)
     )
 }
+
+/// A redirect that is not cached and sends no `Referer` onwards (the URL it leaves may have
+/// carried a token). `location` comes from a parsed URI, so it is a valid header value.
+pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}

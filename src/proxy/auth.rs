@@ -129,10 +129,16 @@ pub fn strip_cookie(headers: &mut HeaderMap) {
     }
 }
 
-/// Keeps an instance's `Set-Cookie` headers to what it may set: never our cookie, never one
+/// Keeps an instance's `Set-Cookie` headers to what it may set: never our cookie, nor
+/// `reserved` (a cookie the proxy alone hands out for this instance, in any case), never one
 /// with a `Domain` (it would reach other hosts), and under path routing only within its own
 /// path. Anything else is dropped or rewritten.
-pub fn confine_set_cookie(headers: &mut HeaderMap, id: &str, host_routing: bool) {
+pub fn confine_set_cookie(
+    headers: &mut HeaderMap,
+    id: &str,
+    host_routing: bool,
+    reserved: Option<&str>,
+) {
     if !headers.contains_key(header::SET_COOKIE) {
         return;
     }
@@ -147,7 +153,8 @@ pub fn confine_set_cookie(headers: &mut HeaderMap, id: &str, host_routing: bool)
         let Some(mut c) = v.to_str().ok().and_then(|s| Cookie::parse(s).ok()) else {
             continue;
         };
-        if is_ours(c.name()) || c.domain().is_some() {
+        let is_reserved = reserved.is_some_and(|r| c.name().trim().eq_ignore_ascii_case(r));
+        if is_ours(c.name()) || is_reserved || c.domain().is_some() {
             tracing::debug!(
                 instance = id,
                 "dropped a Set-Cookie outside the instance's reach"
@@ -210,7 +217,7 @@ mod tests {
         for v in values {
             h.append(header::SET_COOKIE, HeaderValue::from_static(v));
         }
-        confine_set_cookie(&mut h, "u-0000000a", host_routing);
+        confine_set_cookie(&mut h, "u-0000000a", host_routing, None);
         h.get_all(header::SET_COOKIE)
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())

@@ -123,13 +123,15 @@ pub async fn forward(
     };
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
+    // The instance cannot hand out its connection token: only the proxy does, below.
+    let reserved = upstream.secret.as_ref().map(|_| secret::COOKIE);
     auth::confine_set_cookie(
         &mut parts.headers,
         inst.id.as_str(),
         sh.origins.host_routing(),
+        reserved,
     );
     if let Some(secret) = &upstream.secret {
-        secret::strip_set_cookie(&mut parts.headers);
         // VS Code's page reads the connection token from this cookie and sends it again inside
         // its WebSocket protocol, so the page of the instance must have it.
         if source == Source::Navigation {
@@ -186,10 +188,8 @@ pub async fn forward_upgrade(
         resp.headers_mut(),
         inst.id.as_str(),
         sh.origins.host_routing(),
+        upstream.secret.as_ref().map(|_| secret::COOKIE),
     );
-    if upstream.secret.is_some() {
-        secret::strip_set_cookie(resp.headers_mut());
-    }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, false);

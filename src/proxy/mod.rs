@@ -15,6 +15,7 @@ mod tunnel;
 
 use crate::http::conns::Conn;
 use crate::http::failure::Failure;
+use crate::http::response::redirect;
 use crate::http::router::OwnPage;
 use crate::http::{events, request_host, Body};
 use crate::instance::{State, Status, StopReason, Upstream};
@@ -23,7 +24,7 @@ use crate::registry::Instance;
 use crate::shared::Shared;
 use activity::Source;
 use auth::Presented;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{header, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -204,18 +205,8 @@ fn exchange(inst: &Instance, uri: &Uri, host_routing: bool) -> Response<Body> {
         location.push('?');
         location.push_str(&query);
     }
-    let mut r = Response::new(crate::http::response::empty());
-    *r.status_mut() = StatusCode::SEE_OTHER;
-    let h = r.headers_mut();
-    h.insert(header::SET_COOKIE, auth::set_cookie(inst, host_routing));
-    h.insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/")),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    let mut r = redirect(StatusCode::SEE_OTHER, &location);
+    r.headers_mut()
+        .insert(header::SET_COOKIE, auth::set_cookie(inst, host_routing));
     r
 }

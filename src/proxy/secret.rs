@@ -4,7 +4,8 @@
 //! pod reached any other way than through the proxy refuses the request.
 //!
 //! The value replaces whatever `vscode-tkn` the client sent, so a client cannot choose it, and
-//! a `Set-Cookie` naming it from the instance is dropped. VS Code's page also needs the token
+//! a `Set-Cookie` naming it from the instance is dropped (it is reserved in
+//! `auth::confine_set_cookie`). VS Code's page also needs the token
 //! (it reads it from this cookie and repeats it inside its WebSocket protocol), so page loads
 //! get it as a cookie of the instance's own origin (host routing; under path routing, of its
 //! path, within the one trust domain that routing is). Only the instance's owner's pages see
@@ -57,28 +58,6 @@ pub fn page_cookie(secret: &str, id: &str, host_routing: bool) -> HeaderValue {
     .unwrap_or(HeaderValue::from_static(""))
 }
 
-/// Drops any `Set-Cookie` for `vscode-tkn` from an instance's response.
-pub fn strip_set_cookie(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::SET_COOKIE) {
-        return;
-    }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter(|v| !names_our_cookie(v.as_bytes()))
-        .cloned()
-        .collect();
-    headers.remove(header::SET_COOKIE);
-    for v in kept {
-        headers.append(header::SET_COOKIE, v);
-    }
-}
-
-fn names_our_cookie(set_cookie: &[u8]) -> bool {
-    let name = set_cookie.split(|b| *b == b'=').next().unwrap_or_default();
-    name.trim_ascii().eq_ignore_ascii_case(COOKIE.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +97,7 @@ mod tests {
             HeaderValue::from_static("vscode-secret-key-path=/x; Path=/"),
         );
         h.append(header::SET_COOKIE, HeaderValue::from_static("VSCODE-TKN=y"));
-        strip_set_cookie(&mut h);
+        crate::proxy::auth::confine_set_cookie(&mut h, "u-0000000a", true, Some(COOKIE));
         let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(left, ["vscode-secret-key-path=/x; Path=/"]);
     }
