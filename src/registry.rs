@@ -177,7 +177,9 @@ impl Drop for ActivityGuard {
 /// The table of instances.
 #[derive(Debug)]
 pub struct Registry {
-    map: DashMap<InstanceId, Arc<Instance>>,
+    // foldhash rather than SipHash: a lookup per request, and only the server adds keys (ids it
+    // generated), so there is no flood of chosen keys to resist. Seeded per process.
+    map: DashMap<InstanceId, Arc<Instance>, foldhash::fast::RandomState>,
     clock: Clock,
 }
 
@@ -194,7 +196,7 @@ impl Registry {
 
     pub fn with_clock(clock: Clock) -> Self {
         Self {
-            map: DashMap::new(),
+            map: DashMap::default(),
             clock,
         }
     }

@@ -186,9 +186,12 @@ async fn dispatch(
 ) -> Response<Body> {
     // Only the path is ever logged: query strings may carry tokens.
     tracing::debug!(method = %req.method(), path = req.uri().path(), %peer, "request");
-    let path = req.uri().path().to_owned();
+    // A second handle on the URI's bytes (a reference count), so the route can borrow its path
+    // while the request moves on.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let site = sh.origins.site(request_host(&req));
-    match route(site, req.method(), &path) {
+    match route(site, req.method(), path) {
         Route::Instance { id, rest } => {
             proxy::handle(sh, id, proxy::Target::Forward(rest), req, peer.ip(), conn).await
         }
@@ -207,7 +210,7 @@ async fn dispatch(
         // origin, with the same path and query (a `tkn` is exchanged for a cookie there).
         Route::HandOff(id) => {
             let mut loc = sh.origins.instance_base(id);
-            loc.push_str(&path);
+            loc.push_str(path);
             if path == format!("/instances/{id}") {
                 loc.push('/');
             }
@@ -235,6 +238,8 @@ async fn dispatch(
             Failure::not_found("this host serves its instance only, under /instances/<id>/").response()
         }
         Route::NotFound => Failure::not_found("nothing here; the API is under /api/").response(),
-        api_route => api::handle(sh, api_route, req, peer.ip()).await,
+        // Boxed: the API's futures are large and rare beside the proxy's, and every request's
+        // future is as large as its largest branch.
+        api_route => Box::pin(api::handle(sh, api_route, req, peer.ip())).await,
     }
 }

@@ -15,6 +15,8 @@ use std::time::Duration;
 /// The readiness probes' connect timeout; the proxy's is configured.
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+type Pool = HashMap<UpstreamAddr, Vec<SendRequest<Incoming>>, foldhash::fast::RandomState>;
+
 /// Keep-alive HTTP/1.1 connections to instances, by address (TCP or Unix socket).
 ///
 /// A connection is handed out only while idle (its previous response read to the end), so a
@@ -27,7 +29,8 @@ const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection must be made within the connect timeout and a response head must come
 /// within the response timeout, so a hung instance does not hold its clients forever.
 pub struct UpstreamClient {
-    idle: Mutex<HashMap<UpstreamAddr, Vec<SendRequest<Incoming>>>>,
+    // foldhash: two lookups per request, keyed by addresses the orchestrators chose.
+    idle: Mutex<Pool>,
     returns: AtomicUsize,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -99,7 +102,8 @@ impl UpstreamClient {
                 },
             }
         }
-        let mut conn = connect_within(addr, self.connect_timeout).await?;
+        // Boxed: connecting is rare beside reusing, and its future is large.
+        let mut conn = Box::pin(connect_within(addr, self.connect_timeout)).await?;
         let resp = conn.send_request(req).await?;
         if reusable {
             self.put(addr, conn);
@@ -107,7 +111,7 @@ impl UpstreamClient {
         Ok(resp)
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<UpstreamAddr, Vec<SendRequest<Incoming>>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Pool> {
         // Each critical section leaves the map consistent, so a poisoned lock is still usable.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }

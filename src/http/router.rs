@@ -85,15 +85,27 @@ fn valid_id_chars(id: &str) -> bool {
 
 /// Rejects what could make the path mean something else upstream than it does here.
 fn ambiguous(path: &str) -> Option<&'static str> {
-    // One pass over the escapes, without a lowercased copy: this runs on every proxied request.
-    let (mut slash, mut dot) = (path.contains('\\'), false);
-    for esc in path.as_bytes().split(|&b| b == b'%').skip(1) {
-        match esc
-            .get(..2)
-            .map(|c| [c[0].to_ascii_lowercase(), c[1].to_ascii_lowercase()])
-        {
-            Some([b'2', b'f'] | [b'5', b'c']) => slash = true,
-            Some([b'2', b'e']) => dot = true,
+    // One pass over the bytes, without a lowercased copy or a split per segment: this runs on
+    // every proxied request.
+    let b = path.as_bytes();
+    let (mut slash, mut dot, mut dot_segment) = (false, false, false);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\\' => slash = true,
+            b'%' => {
+                let hex = |j: usize| b.get(j).map(u8::to_ascii_lowercase);
+                match (hex(i + 1), hex(i + 2)) {
+                    (Some(b'2'), Some(b'f')) | (Some(b'5'), Some(b'c')) => slash = true,
+                    (Some(b'2'), Some(b'e')) => dot = true,
+                    _ => {}
+                }
+            }
+            // A segment that is `.` or `..`: a dot right after a slash (or at the start), then
+            // the segment's end, or one more dot and then its end.
+            b'.' if i == 0 || b[i - 1] == b'/' => {
+                let end = |j: usize| b.get(j).is_none_or(|&n| n == b'/');
+                dot_segment |= end(i + 1) || (b.get(i + 1) == Some(&b'.') && end(i + 2));
+            }
             _ => {}
         }
     }
@@ -103,7 +115,7 @@ fn ambiguous(path: &str) -> Option<&'static str> {
     if dot {
         return Some("encoded dots are not allowed in instance paths");
     }
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
+    if dot_segment {
         return Some("dot segments are not allowed in instance paths");
     }
     None
@@ -111,7 +123,7 @@ fn ambiguous(path: &str) -> Option<&'static str> {
 
 pub fn route<'a>(site: Site<'_>, method: &Method, path: &'a str) -> Route<'a> {
     if let Some(after) = path.strip_prefix("/instances/") {
-        let (id, rest) = match after.find('/') {
+        let (id, rest) = match after.bytes().position(|c| c == b'/') {
             Some(i) => (&after[..i], &after[i..]),
             None => (after, ""),
         };

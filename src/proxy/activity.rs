@@ -13,12 +13,17 @@ use crate::http::Body;
 use crate::instance::State;
 use crate::lifecycle::{policy, Trigger};
 use crate::registry::Instance;
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use serde_json::json;
 use std::time::Duration;
 
 /// The script itself, served from the instance's path so that VS Code's CSP (`script-src
 /// 'self'`, `connect-src 'self'`) allows it and its reports.
+// Named once: looking a header up by a string parses the name on every request.
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 pub const SCRIPT: &str = include_str!("activity.js");
 
 /// Where a request comes from.
@@ -37,10 +42,10 @@ impl Source {
         if websocket {
             return Source::Background;
         }
-        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-        match text("sec-fetch-mode") {
+        let text = |name: &HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+        match text(&SEC_FETCH_MODE) {
             Some("navigate") if method == Method::GET => {
-                match text("sec-fetch-dest") {
+                match text(&SEC_FETCH_DEST) {
                     None | Some("document") => Source::Navigation,
                     // Frames load by themselves (VS Code's webviews).
                     Some(_) => Source::Background,
@@ -48,7 +53,7 @@ impl Source {
             }
             Some(_) => Source::Background,
             None if method == Method::GET
-                && text(header::ACCEPT.as_str()).is_some_and(|a| a.contains("text/html")) =>
+                && text(&header::ACCEPT).is_some_and(|a| a.contains("text/html")) =>
             {
                 Source::Navigation
             }
@@ -140,7 +145,7 @@ pub fn report(
     }
     // Only the instance's own pages report; another site cannot keep it alive through a
     // signed-in browser.
-    let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let site = h.get(&SEC_FETCH_SITE).and_then(|v| v.to_str().ok());
     if site.is_some_and(|s| s != "same-origin") {
         return Failure::client(
             StatusCode::FORBIDDEN,

@@ -110,20 +110,29 @@ pub fn set_cookie(inst: &Instance, host_routing: bool) -> HeaderValue {
 
 /// Removes our cookie from the `Cookie` headers, so the instance never sees the token.
 pub fn strip_cookie(headers: &mut HeaderMap) {
-    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if values.is_empty() {
+    // One pass, and no allocation when ours was the only cookie (as on most proxied requests).
+    let mut kept = String::new();
+    let mut any = false;
+    for value in headers.get_all(header::COOKIE) {
+        any = true;
+        let Ok(s) = value.to_str() else { continue };
+        for kv in s.split(';').map(str::trim) {
+            let name = kv.split_once('=').map_or(kv, |(n, _)| n);
+            if kv.is_empty() || is_ours(name) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(kv);
+        }
+    }
+    if !any {
         return;
     }
     headers.remove(header::COOKIE);
-    let kept: Vec<&str> = values
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(';'))
-        .map(str::trim)
-        .filter(|kv| !kv.is_empty() && !kv.split('=').next().is_some_and(is_ours))
-        .collect();
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Ok(v) = HeaderValue::from_str(&kept) {
             headers.insert(header::COOKIE, v);
         }
     }

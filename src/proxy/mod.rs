@@ -65,12 +65,26 @@ pub async fn handle(
         )
         .response();
     }
-    let upstream = match admit(sh, &inst, source).await {
-        Ok(u) => u,
-        Err(r) => return r,
+    // What is rare is boxed (a start, a WebSocket): the future of every request is as large as
+    // its largest branch, and is moved as a whole.
+    let upstream = match inst.running_upstream() {
+        Some(u) => u,
+        None => match Box::pin(admit(sh, &inst, source)).await {
+            Ok(u) => u,
+            Err(r) => return r,
+        },
     };
     if websocket {
-        forward::forward_upgrade(sh, inst, upstream, rest, req, peer, conn.clone()).await
+        Box::pin(forward::forward_upgrade(
+            sh,
+            inst,
+            upstream,
+            rest,
+            req,
+            peer,
+            conn.clone(),
+        ))
+        .await
     } else {
         forward::forward(sh, &inst, upstream, rest, req, peer, source).await
     }
