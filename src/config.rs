@@ -253,7 +253,8 @@ pub struct ServeConfig {
     /// [default: random].
     #[arg(long, env = "POD_NAME")]
     pub replica_name: Option<String>,
-    /// How long shutdown waits for open connections to finish.
+    /// How long shutdown waits for open connections to finish; WebSockets still open then are
+    /// closed with status 1001 ("going away"), so VS Code reconnects.
     #[arg(long, env = "VOD_DRAIN_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub drain_timeout: Duration,
 }

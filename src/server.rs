@@ -95,7 +95,13 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!("drain timeout passed with connections still open");
+        tracing::warn!(
+            open = conns.len(),
+            "drain timeout passed with connections still open; closing WebSockets (1001)"
+        );
+        conns.go_away();
+        // Long enough for a tunnel to finish its frame under way and send its close frame.
+        let _ = tokio::time::timeout(Duration::from_secs(3), conns.drained()).await;
     }
 }
 

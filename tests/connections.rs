@@ -1,7 +1,8 @@
 //! Client connections under limits, on real sockets with small limits set by flags: idle
 //! connections make room at the cap, one client is held to its share, connections that stay
 //! idle (silent after the TLS handshake, between keep-alive requests, HTTP/2) and idle
-//! WebSocket tunnels are closed, tunnels count against the cap, and oversized heads get 431.
+//! WebSocket tunnels are closed, tunnels count against the cap, oversized heads get 431, and
+//! at shutdown open WebSockets keep working until the drain deadline, then get "going away".
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -226,4 +227,43 @@ async fn idle_tunnels_are_closed_and_tunnels_count_against_the_cap() {
     .await
     .expect("served once a tunnel closed");
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shutdown_keeps_websockets_until_the_drain_deadline_then_says_going_away() {
+    let mut f = Fixture::new(0, &["--drain-timeout", "5s"]);
+    let c = f.server.create(json!({"user_id": "alice"})).await;
+    let path = format!("/instances/{}/ws", c.id);
+    let s = &f.server;
+    let mut ws = s
+        .websocket(&path, Some(&s.cookie(&c.token)), Some(&s.origin_of(&c.id)))
+        .await
+        .unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    s.sigterm();
+    // New connections are refused once the listener is gone.
+    let addr = s.addr;
+    wait_until("the listener closed", CLOSED_WITHIN, || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    // The open WebSocket still works during the drain.
+    ws.send(Message::text("draining")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("draining"));
+    // At the deadline the browser is told the server is going away, in a close frame.
+    let msg = tokio::time::timeout(CLOSED_WITHIN, ws.next())
+        .await
+        .expect("a close frame at the drain deadline")
+        .expect("the connection ended with a frame")
+        .expect("a well-formed frame");
+    match msg {
+        Message::Close(Some(frame)) => assert_eq!(
+            frame.code,
+            vod_testkit::tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away
+        ),
+        other => panic!("expected a close frame with 1001, got {other:?}"),
+    }
+    assert!(f.server.terminate().success(), "clean exit after the drain");
 }

@@ -53,6 +53,8 @@ pub struct ConnInfo {
     last_ms: AtomicU64,
     /// Cancelled to ask the connection to close (idle eviction, shutdown).
     pub close: CancellationToken,
+    /// Cancelled at the drain deadline: what outlived the drain (WebSocket tunnels) ends.
+    pub going_away: CancellationToken,
     epoch: Instant,
 }
 
@@ -138,6 +140,7 @@ pub struct Conns {
     table: Mutex<Table>,
     freed: Notify,
     shutdown: CancellationToken,
+    going_away: CancellationToken,
     epoch: Instant,
 }
 
@@ -167,6 +170,7 @@ impl Conns {
             table: Mutex::new(Table::default()),
             freed: Notify::new(),
             shutdown,
+            going_away: CancellationToken::new(),
             epoch: Instant::now(),
         })
     }
@@ -213,6 +217,7 @@ impl Conns {
                         opened_ms: now,
                         last_ms: AtomicU64::new(now),
                         close: self.shutdown.child_token(),
+                        going_away: self.going_away.clone(),
                         epoch: self.epoch,
                     });
                     t.open.insert(id, info.clone());
@@ -229,6 +234,11 @@ impl Conns {
                 () = self.shutdown.cancelled() => return None,
             }
         }
+    }
+
+    /// Ends what is still open at the drain deadline (tunnels close with "going away").
+    pub fn go_away(&self) {
+        self.going_away.cancel();
     }
 
     /// Waits until every connection has closed.

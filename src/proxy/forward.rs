@@ -201,7 +201,7 @@ pub async fn forward_upgrade(
         // The tunnel keeps its connection's place in the table, busy, until it ends.
         let _busy = conn.info.busy();
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
-            Ok((c, u)) => tunnel::splice(c, u, inst, conn.info.close.clone(), idle).await,
+            Ok((c, u)) => tunnel::splice(c, u, inst, conn.info.going_away.clone(), idle).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }
     });

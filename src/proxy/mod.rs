@@ -7,6 +7,7 @@
 mod activity;
 mod auth;
 mod forward;
+mod frames;
 mod headers;
 mod inject;
 mod pages;

@@ -135,6 +135,14 @@ impl Server {
         self.child.id() as i32
     }
 
+    /// Sends SIGTERM and returns at once (the server drains meanwhile).
+    pub fn sigterm(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         process::terminate(&mut self.child, Duration::from_secs(20)).unwrap_or_else(|| {
