@@ -5,15 +5,17 @@
 #     backend's sandbox)
 #   - code-server (a real VS Code server) under $VOD_CACHE/code-server
 #   - playwright-core (drives chromium) under $VOD_CACHE/node
+#   - sslyze (the TLS scan) in a Python virtual environment under $VOD_CACHE/sslyze
 # Prints `export` lines for the tests on stdout; everything else goes to stderr.
 set -euo pipefail
 
 CACHE="${VOD_CACHE:-$HOME/.cache/vscode-on-demand}"
 CODE_SERVER_VERSION="${CODE_SERVER_VERSION:-4.100.3}"
 PLAYWRIGHT_VERSION="${PLAYWRIGHT_VERSION:-1.64.1}"
+SSLYZE_VERSION="${SSLYZE_VERSION:-6.3.1}"
 export DEBIAN_FRONTEND=noninteractive
 
-apt_pkgs=(chromium bubblewrap ripgrep pkg-config libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev)
+apt_pkgs=(chromium bubblewrap python3-venv ripgrep pkg-config libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -53,6 +55,14 @@ if [ ! -d "$CACHE/node/node_modules/playwright-core" ]; then
     "playwright-core@$PLAYWRIGHT_VERSION" >&2
 fi
 
+sslyze_bin="$CACHE/sslyze/bin/sslyze"
+if [ ! -x "$sslyze_bin" ] || ! "$CACHE/sslyze/bin/pip" show sslyze 2>/dev/null | grep -qx "Version: $SSLYZE_VERSION"; then
+  echo "installing sslyze $SSLYZE_VERSION" >&2
+  python3 -m venv "$CACHE/sslyze" >&2
+  "$CACHE/sslyze/bin/pip" install -q "sslyze==$SSLYZE_VERSION" >&2
+fi
+
 echo "export VOD_TEST_CODE_SERVER=$cs_bin"
 echo "export VOD_TEST_CHROMIUM=$(command -v chromium)"
 echo "export VOD_TEST_NODE_PATH=$CACHE/node/node_modules"
+echo "export VOD_TEST_SSLYZE=$sslyze_bin"

@@ -154,6 +154,9 @@ fn server_params(names: &[String], now: u64) -> Result<(CertificateParams, u64),
     );
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // RFC 5280 requires it in certificates a CA issues; strict validators refuse a chain
+    // without it.
+    params.use_authority_key_identifier_extension = true;
     let not_after = validity(&mut params, now, SERVER_DAYS);
     Ok((params, not_after))
 }
