@@ -183,4 +183,105 @@ mod tests {
         assert!(cpu("c", "1.5").is_ok());
         assert!(cpu("c", "1Gi").is_err());
     }
+
+    mod properties {
+        use super::*;
+        use crate::instance::{CreateRequest, SpecDefaults, MAX_USER_ID_LEN};
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        /// A field's value: near-valid shapes and anything at all.
+        fn text() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                "[0-9]{1,4}(\\.[0-9]{1,2})?(Ki|Mi|Gi|Ti|m|k|M|G|)",
+                "[a-z0-9./:@-]{0,40}",
+                "[a-z0-9-]{1,45}",
+                any::<String>(),
+            ]
+            .prop_map(Value::String)
+        }
+
+        fn field() -> impl Strategy<Value = Option<Value>> {
+            prop_oneof![
+                Just(None),
+                text().prop_map(Some),
+                any::<i64>().prop_map(|n| Some(json!(n))),
+                Just(Some(Value::Null)),
+                Just(Some(json!([1, "x"]))),
+            ]
+        }
+
+        /// A create body as a client could send it, unknown fields included.
+        fn body() -> impl Strategy<Value = Value> {
+            let names = [
+                "user_id",
+                "base_image",
+                "vscode_version",
+                "storage_size",
+                "memory_request",
+                "memory_limit",
+                "cpu_request",
+                "cpu_limit",
+                "idle_timeout",
+                "idle_notice",
+                "unknown",
+            ];
+            proptest::collection::vec(field(), names.len()).prop_map(move |vals| {
+                let mut m = serde_json::Map::new();
+                for (name, v) in names.iter().zip(vals) {
+                    if let Some(v) = v {
+                        m.insert((*name).to_owned(), v);
+                    }
+                }
+                Value::Object(m)
+            })
+        }
+
+        proptest! {
+            /// Whatever JSON a client sends, validation answers without panicking, and what it
+            /// accepts is what the backends can use as is.
+            #[test]
+            fn accepted_specs_keep_every_rule(b in body()) {
+                let d = SpecDefaults::default();
+                let Ok(req) = serde_json::from_value::<CreateRequest>(b) else {
+                    return Ok(());
+                };
+                let Ok((user, spec)) = req.validate(&d) else {
+                    return Ok(());
+                };
+                let u = user.as_str();
+                prop_assert!(!u.is_empty() && u.len() <= MAX_USER_ID_LEN);
+                prop_assert!(u.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'));
+                prop_assert!(!u.starts_with('-') && !u.ends_with('-'));
+                prop_assert!(image_ref(&spec.base_image).is_ok());
+                prop_assert!(spec.base_image.bytes().all(|c| c.is_ascii_graphic()));
+                prop_assert!(vscode_version(&spec.vscode_version).is_ok());
+                let mem_req = memory("memory_request", &spec.memory_request).unwrap();
+                let mem_lim = memory("memory_limit", &spec.memory_limit).unwrap();
+                prop_assert!(mem_req <= mem_lim);
+                prop_assert!(memory("storage_size", &spec.storage_size).is_ok());
+                let cpu_req = cpu("cpu_request", &spec.cpu_request).unwrap();
+                let cpu_lim = cpu("cpu_limit", &spec.cpu_limit).unwrap();
+                prop_assert!(cpu_req <= cpu_lim);
+                prop_assert!(spec.idle_timeout_secs > 0 && spec.idle_timeout_secs <= d.max_idle_timeout_secs);
+                if let Some(n) = spec.idle_notice_secs {
+                    prop_assert!(n <= spec.idle_timeout_secs);
+                }
+            }
+
+            /// A quantity accepted is short, plain ASCII and at least its unit's minimum; the error
+            /// for one refused names the field.
+            #[test]
+            fn quantities(s in "\\PC{0,24}|[0-9.]{1,6}(Ki|Mi|Gi|m|k|)") {
+                match memory("memory_limit", &s) {
+                    Ok(v) => prop_assert!(v >= 1.0 && s.len() <= 20 && s.is_ascii()),
+                    Err(e) => prop_assert!(e.to_string().contains("memory")),
+                }
+                match cpu("cpu_limit", &s) {
+                    Ok(v) => prop_assert!(v >= 0.001 && s.len() <= 20 && s.is_ascii()),
+                    Err(e) => prop_assert!(e.to_string().contains("CPU")),
+                }
+            }
+        }
+    }
 }

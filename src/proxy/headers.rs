@@ -172,4 +172,84 @@ mod tests {
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 12] = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "x-secret",
+            "x-other",
+            "accept",
+            "cookie",
+        ];
+
+        fn headers() -> impl Strategy<Value = Vec<(usize, String)>> {
+            proptest::collection::vec((0..NAMES.len(), "[ -~]{0,20}"), 0..12)
+        }
+
+        proptest! {
+            /// Whatever a client or an instance sends, no hop-by-hop header crosses the proxy,
+            /// nor one its `Connection` header names, and every other header passes unchanged.
+            #[test]
+            fn hop_by_hop_headers_never_cross(list in headers(), named in "[a-z, -]{0,30}") {
+                let mut h = HeaderMap::new();
+                for (i, v) in &list {
+                    if let Ok(v) = HeaderValue::from_str(v) {
+                        h.append(NAMES[*i], v);
+                    }
+                }
+                if let Ok(v) = HeaderValue::from_str(&named) {
+                    h.append(header::CONNECTION, v);
+                }
+                let before = h.clone();
+                let listed: Vec<String> = before
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .collect();
+                remove_hop_by_hop(&mut h, false);
+                for name in h.keys() {
+                    prop_assert!(!is_hop_by_hop(name), "{name} crossed");
+                    prop_assert!(!listed.iter().any(|l| l == name.as_str()), "{name} was named in Connection");
+                }
+                for name in before.keys() {
+                    if !is_hop_by_hop(name) && !listed.iter().any(|l| l == name.as_str()) {
+                        let a: Vec<_> = before.get_all(name).iter().collect();
+                        let b: Vec<_> = h.get_all(name).iter().collect();
+                        prop_assert_eq!(a, b);
+                    }
+                }
+            }
+
+            /// A WebSocket handshake keeps exactly `Connection: upgrade` and its `Upgrade`.
+            #[test]
+            fn upgrades_keep_only_their_pair(list in headers()) {
+                let mut h = HeaderMap::new();
+                for (i, v) in &list {
+                    if let Ok(v) = HeaderValue::from_str(v) {
+                        h.append(NAMES[*i], v);
+                    }
+                }
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                remove_hop_by_hop(&mut h, true);
+                let conn: Vec<_> = h.get_all(header::CONNECTION).iter().cloned().collect();
+                prop_assert_eq!(conn, vec![HeaderValue::from_static("upgrade")]);
+                prop_assert!(h.contains_key(header::UPGRADE));
+                for name in h.keys() {
+                    prop_assert!(!is_hop_by_hop(name) || name == header::CONNECTION || name == header::UPGRADE);
+                }
+            }
+        }
+    }
 }
