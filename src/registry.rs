@@ -234,10 +234,22 @@ impl Registry {
         v
     }
 
+    /// One user's instances, sorted by id; only theirs are copied and sorted.
     pub fn of_user(&self, user: &UserId) -> Vec<Arc<Instance>> {
-        let mut v = self.all();
-        v.retain(|i| &i.user == user);
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .filter(|e| &e.value().user == user)
+            .map(|e| e.value().clone())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// How many instances `pred` holds for, without a snapshot: creates and starts ask this,
+    /// and a sorted copy of a large table each time would make a burst of them quadratic.
+    pub fn count(&self, pred: impl Fn(&Instance) -> bool) -> usize {
+        self.map.iter().filter(|e| pred(e.value())).count()
     }
 
     pub fn len(&self) -> usize {

@@ -74,10 +74,7 @@ impl Lifecycle {
             if matches!(inst.state(), State::Stopped | State::Failed) {
                 let active = self
                     .registry
-                    .all()
-                    .iter()
-                    .filter(|i| matches!(i.state(), State::Starting | State::Running))
-                    .count();
+                    .count(|i| matches!(i.state(), State::Starting | State::Running));
                 if active >= self.capacity.max_running {
                     return Err(StartError::AtCapacity(active));
                 }
@@ -225,7 +222,7 @@ impl Lifecycle {
         defaults: &SpecDefaults,
     ) -> Result<Arc<Instance>, LifecycleError> {
         let (user, spec) = req.validate(defaults)?;
-        let count = self.registry.of_user(&user).len();
+        let count = self.registry.count(|i| i.user == user);
         if count >= self.capacity.max_per_user {
             return Err(LifecycleError::TooManyInstances {
                 user: user.to_string(),
