@@ -458,6 +458,24 @@ case_idle_ws() {
   done
 }
 
+# Copies into $1 a data directory holding $2 instances (one user each), made once per count by
+# a server of its own through the API, so the stored form is the server's own.
+seeded_dir() {
+  local dir=$1 n=$2 seed="$WORK/seed$2" port
+  if [ ! -d "$seed" ]; then
+    port=$(free_port)
+    start_vod "$seed" "$port" "true {port}"
+    wait_url "https://127.0.0.1:$port/api/health" 180 "$VOD_PID"
+    log "creating $n instances through the API"
+    tool seed "https://127.0.0.1:$port" "$n" --cafile "$seed/certs/ca.crt" \
+      --token-file "$seed/admin-token" --concurrency 32 >"$seed/seed.out" ||
+      die "seeding $n instances failed: $(tail -1 "$seed/seed.out")"
+    stop_pid "$VOD_PID" 60
+  fi
+  mkdir -p "$(dirname "$dir")"
+  cp -a "$seed" "$dir"
+}
+
 # Case 5: three servers that differ only in how many instances they know.
 case_scale() {
   local n dir port round
@@ -466,7 +484,7 @@ case_scale() {
   declare -A SPID SURL SCOOKIE
   for n in 10 10000 100000; do
     dir="$WORK/scale$n"
-    tool instances "$dir/instances" $((n - 1))
+    seeded_dir "$dir" $((n - 1))
     port=$(free_port)
     start_vod "$dir" "$port" "taskset -c $LOAD_CPU $UPSTREAM_BIN --port {port}"
     SPID[$n]=$VOD_PID
@@ -496,8 +514,8 @@ case_scale() {
 # routing depends on the number of instances, when the timed figures cannot.
 ir_run() {
   local dir=$1 n=$2 reqs=$3 port INST_ID INST_TOKEN UP_PORT
+  if [ "$n" -gt 1 ]; then seeded_dir "$dir" $((n - 1)); fi
   mkdir -p "$dir"
-  if [ "$n" -gt 1 ]; then tool instances "$dir/instances" $((n - 1)); fi
   port=$(free_port)
   NO_COLOR=1 taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
     --log-file="$dir/callgrind.log" "$VOD" serve --listen "127.0.0.1:$port" --data-dir "$dir" "${ROUTING[@]}" \
@@ -617,6 +635,17 @@ smoke() {
   [ "$(curl -sS --cacert "$CA" -o /dev/null -w '%{http_code}' "${BASE[vod]}/small")" = 401 ] ||
     die "vod: a request without the cookie was not refused"
   log "ok: vod refuses a request without the token"
+  # The scale cases' seeding: instances made through the API, loaded by another server.
+  local dir="$WORK/smoke-seeded" port listed
+  seeded_dir "$dir" 3
+  port=$(free_port)
+  start_vod "$dir" "$port" "true {port}"
+  wait_url "https://127.0.0.1:$port/api/health" 60 "$VOD_PID"
+  listed=$(curl -sS --cacert "$dir/certs/ca.crt" -H "authorization: Bearer $(cat "$dir/admin-token")" \
+    "https://127.0.0.1:$port/api/instances" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["instances"]))')
+  [ "$listed" = 3 ] || die "a server on a seeded directory lists $listed instances, not 3"
+  stop_pid "$VOD_PID"
+  log "ok: instances seeded through the API load in another server"
 }
 
 # ---- main -------------------------------------------------------------------------------------

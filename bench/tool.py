@@ -6,7 +6,7 @@
   ws-throughput  throughput of large WebSocket messages, echoed one at a time
   ws-idle        opens many WebSockets, checks each echoes, reports the proxy's RSS growth
   held           times a request held by a stopped instance until its first byte arrives
-  instances      writes instance metadata files for the routing-scale case
+  seed           creates instances through the API, for the routing-scale cases
   report         turns the result lines into the table
 
 The client masks with an all-zero key (allowed by RFC 6455, which only forbids predictable
@@ -238,33 +238,40 @@ def cmd_held(a):
     print(f"sent={sent:.6f} first_byte={got:.6f}")
 
 
-def cmd_instances(a):
-    os.makedirs(a.dir, exist_ok=True)
-    now = int(time.time())
-    for i in range(a.n):
-        iid = f"scale{i}-{i:08x}"
-        rec = {
-            "instance_id": iid,
-            "user_id": f"scale{i}",
-            "spec": {
-                "base_image": "ubuntu:24.04",
-                "vscode_version": "latest",
-                "storage_size": "5Gi",
-                "memory_request": "512Mi",
-                "memory_limit": "2Gi",
-                "cpu_request": "250m",
-                "cpu_limit": "1000m",
-                "idle_timeout_secs": 1800,
-            },
-            "access_token": secrets.token_hex(32),
-            "created_at": now,
-            "last_activity_ms": now * 1000,
-            "stop_reason": None,
-        }
-        path = os.path.join(a.dir, f"{iid}.json")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(rec, f)
+def cmd_seed(a):
+    """Creates n instances, one user each, through the API: what the server stores is then
+    exactly what it stores for any client, in its own format."""
+    import http.client
+    import threading
+
+    with open(a.token_file) as f:
+        token = f.read().strip()
+    u = urllib.parse.urlsplit(a.url)
+    ctx = ssl.create_default_context(cafile=a.cafile)
+    ctx.check_hostname = False
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    failures = []
+    t0 = time.monotonic()
+
+    def worker(k):
+        conn = http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=60)
+        for i in range(k, a.n, a.concurrency):
+            body = json.dumps({"user_id": f"{a.prefix}{i}"})
+            conn.request("POST", "/api/instances", body=body, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read()
+            if resp.status != 201:
+                failures.append(f"{resp.status} {text[:200]!r}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(a.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        sys.exit(f"creating instances failed: {failures[0]}")
+    print(f"created={a.n} seconds={time.monotonic() - t0:.1f}")
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -416,9 +423,13 @@ def main():
         s.add_argument("--n", type=int, default=10000)
         s.add_argument("--pid", type=int)
         s.add_argument("--max-seconds", type=float, default=120.0)
-    s = sub.add_parser("instances")
-    s.add_argument("dir")
+    s = sub.add_parser("seed")
+    s.add_argument("url")
     s.add_argument("n", type=int)
+    s.add_argument("--cafile", required=True)
+    s.add_argument("--token-file", required=True)
+    s.add_argument("--prefix", default="scale")
+    s.add_argument("--concurrency", type=int, default=8)
     s = sub.add_parser("report")
     s.add_argument("results")
     a = p.parse_args()
@@ -428,7 +439,7 @@ def main():
         "ws-throughput": cmd_ws_throughput,
         "ws-idle": cmd_ws_idle,
         "held": cmd_held,
-        "instances": cmd_instances,
+        "seed": cmd_seed,
         "report": cmd_report,
     }[a.cmd](a)
 
