@@ -1,8 +1,9 @@
 //! Splices an upgraded (WebSocket) connection between browser and instance. Its traffic is not
 //! activity: an open VS Code tab sends keepalives and protocol messages by itself for as long
 //! as it is open. Upgraded connections leave hyper's connection tracking, so the tunnel watches
-//! its connection's close token (shutdown) itself, and ends after a time with no bytes either
-//! way (VS Code's own keepalives come every few seconds, so only a dead tab gets there).
+//! its connection's close token (shutdown) itself, ends when the access token it was opened
+//! with is replaced, and ends after a time with no bytes either way (VS Code's own keepalives
+//! come every few seconds, so only a dead tab gets there).
 
 use crate::registry::Instance;
 use hyper::upgrade::Upgraded;
@@ -15,13 +16,22 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-pub async fn splice(
-    client: Upgraded,
-    upstream: Upgraded,
-    inst: Arc<Instance>,
-    close: CancellationToken,
-    idle: Duration,
-) {
+/// What ends a tunnel besides either side closing it.
+pub struct Ends {
+    /// Its connection closes (shutdown, or room made for others).
+    pub close: CancellationToken,
+    /// The access token that opened it was replaced.
+    pub revoked: CancellationToken,
+    /// No bytes either way for this long.
+    pub idle: Duration,
+}
+
+pub async fn splice(client: Upgraded, upstream: Upgraded, inst: Arc<Instance>, ends: Ends) {
+    let Ends {
+        close,
+        revoked,
+        idle,
+    } = ends;
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut client = Counted {
@@ -48,6 +58,9 @@ pub async fn splice(
         }
         () = quiet => tracing::debug!(instance = %inst.id, "websocket tunnel idle; closed"),
         () = close.cancelled() => {}
+        () = revoked.cancelled() => {
+            tracing::info!(instance = %inst.id, "websocket tunnel closed: its access token was replaced");
+        }
     }
 }
 
