@@ -43,6 +43,8 @@ pub enum Command {
     Start(InstanceArgs),
     /// Stop an instance (scale to zero); its files stay.
     Stop(InstanceArgs),
+    /// Give an instance a new access token; the old one, and cookies holding it, stop working.
+    RotateToken(InstanceArgs),
     /// Count as activity on a running instance, so it is not stopped as idle; with
     /// `--busy-for` or `--busy-until` it counts as active until then (long jobs).
     Keepalive(KeepaliveArgs),

@@ -17,8 +17,9 @@
 //!   starting page, forwarding and WebSocket splicing, the activity signal.
 //! - [`shared`]: what request handlers share.
 //! - [`lifecycle`]: the only writer of instance state: create, single-flight start, stop with a
-//!   reason, delete, keepalive, what other servers did; the idle policy and the reaper.
-//! - [`registry`]: the instance table, live status and activity.
+//!   reason, delete, keepalive, access token rotation, what other servers did; the idle policy
+//!   and the reaper.
+//! - [`registry`]: the instance table, live status, activity and the current access token.
 //! - [`orchestrator`]: the backend trait, the local backend (child processes, each in a
 //!   bubblewrap sandbox serving on a Unix socket) and the Kubernetes backend.
 //! - [`upstream`]: reaching instances: connections by address and the keep-alive pool.

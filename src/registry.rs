@@ -6,15 +6,20 @@
 //!
 //! Activity is a wall-clock time in milliseconds, read from a [`Clock`]: the system clock in
 //! the server, tokio's clock in tests that pause time.
+//!
+//! An instance's access token can be replaced (see `lifecycle`): requests check it against
+//! the [`Credential`] current when they arrive, and what a credential opened for longer (a
+//! WebSocket tunnel) ends when it is replaced.
 
 use crate::instance::{
     AccessToken, InstanceId, InstanceRecord, InstanceSpec, State, Status, Upstream, UserId,
 };
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Milliseconds since the Unix epoch: activity must survive restarts, so it is wall-clock time.
 pub fn now_ms() -> u64 {
@@ -53,14 +58,49 @@ impl Clock {
     }
 }
 
-/// One instance: its fixed facts plus status and activity.
+/// An instance's access token as of one generation, and the signal that it was replaced.
+#[derive(Debug)]
+pub struct Credential {
+    token: AccessToken,
+    generation: u64,
+    /// Made when first asked for (a tunnel opens) or when cancelled, so instances nobody holds
+    /// a tunnel to carry none.
+    replaced: OnceLock<CancellationToken>,
+}
+
+impl Credential {
+    fn new(token: AccessToken, generation: u64) -> Self {
+        Self {
+            token,
+            generation,
+            replaced: OnceLock::new(),
+        }
+    }
+
+    /// Whether `candidate` is this token, compared in constant time.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        self.token.matches(candidate)
+    }
+
+    pub fn token(&self) -> &AccessToken {
+        &self.token
+    }
+
+    /// Cancelled once another token takes this one's place (at once if it already has).
+    pub fn replaced(&self) -> CancellationToken {
+        self.replaced.get_or_init(CancellationToken::new).clone()
+    }
+}
+
+/// One instance: its fixed facts plus its access token, status and activity.
 #[derive(Debug)]
 pub struct Instance {
     pub id: InstanceId,
     pub user: UserId,
     pub spec: InstanceSpec,
-    pub token: AccessToken,
     pub created_at: u64,
+    /// Replaced whole, so one request sees one token from its check to its cookie.
+    credential: RwLock<Arc<Credential>>,
     status: watch::Sender<Status>,
     /// The latest human activity; in the future when a client said it is busy until then.
     last_activity_ms: AtomicU64,
@@ -76,8 +116,11 @@ impl Instance {
             id: rec.instance_id,
             user: rec.user_id,
             spec: rec.spec,
-            token: rec.access_token,
             created_at: rec.created_at,
+            credential: RwLock::new(Arc::new(Credential::new(
+                rec.access_token,
+                rec.token_generation,
+            ))),
             status: watch::Sender::new(status),
             last_activity_ms: AtomicU64::new(rec.last_activity_ms),
             inflight: AtomicUsize::new(0),
@@ -87,15 +130,41 @@ impl Instance {
 
     /// The durable facts as of now, for a backend to store.
     pub fn record(&self) -> InstanceRecord {
+        let credential = self.credential();
         InstanceRecord {
             instance_id: self.id.clone(),
             user_id: self.user.clone(),
             spec: self.spec.clone(),
-            access_token: self.token.clone(),
+            access_token: credential.token.clone(),
+            token_generation: credential.generation,
             created_at: self.created_at,
             last_activity_ms: self.last_activity_ms(),
             stop_reason: self.status.borrow().stop_reason.clone(),
         }
+    }
+
+    /// The access token now.
+    pub fn credential(&self) -> Arc<Credential> {
+        // Only ever replaced whole by one assignment, so a poisoned lock still holds a valid
+        // credential.
+        self.credential
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `token` in place of the current one if its generation is newer, and signals the
+    /// replaced one's end. Returns whether it took effect. Only `lifecycle` calls this.
+    pub(crate) fn replace_token(&self, token: AccessToken, generation: u64) -> bool {
+        let old = {
+            let mut current = self.credential.write().unwrap_or_else(|p| p.into_inner());
+            if generation <= current.generation {
+                return false;
+            }
+            std::mem::replace(&mut *current, Arc::new(Credential::new(token, generation)))
+        };
+        old.replaced().cancel();
+        true
     }
 
     pub fn status(&self) -> Status {
@@ -264,5 +333,50 @@ impl Registry {
 impl std::borrow::Borrow<str> for InstanceId {
     fn borrow(&self) -> &str {
         self.as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::{CreateRequest, SpecDefaults};
+
+    #[test]
+    fn a_newer_token_replaces_the_current_one_and_ends_it() {
+        let (user, spec) = CreateRequest {
+            user_id: "alice".into(),
+            ..Default::default()
+        }
+        .validate(&SpecDefaults::default())
+        .unwrap();
+        let first = AccessToken::generate();
+        let inst = Registry::new().instance(InstanceRecord {
+            instance_id: InstanceId::generate(&user),
+            user_id: user,
+            spec,
+            access_token: first.clone(),
+            token_generation: 3,
+            created_at: 0,
+            last_activity_ms: 0,
+            stop_reason: None,
+        });
+        let old = inst.credential();
+        let stale = AccessToken::generate();
+        assert!(!inst.replace_token(stale.clone(), 3), "not newer");
+        assert!(!inst.replace_token(stale, 2), "older");
+        let opened = old.replaced();
+        assert!(!opened.is_cancelled());
+        assert!(inst.credential().matches(first.expose().as_bytes()));
+
+        let second = AccessToken::generate();
+        assert!(inst.replace_token(second.clone(), 4));
+        assert!(opened.is_cancelled(), "what the old one opened ends");
+        assert!(old.replaced().is_cancelled(), "and what it would open late");
+        let now = inst.credential();
+        assert!(!now.replaced().is_cancelled());
+        assert!(now.matches(second.expose().as_bytes()));
+        assert!(!now.matches(first.expose().as_bytes()));
+        let rec = inst.record();
+        assert_eq!((rec.access_token, rec.token_generation), (second, 4));
     }
 }

@@ -242,6 +242,7 @@ fn role_reach(
         ("delete", "deployments"),
         ("get", "secrets"),
         ("create", "secrets"),
+        ("watch", "secrets"),
         ("watch", "pods"),
     ] {
         assert!(can(verb, what, ins), "{verb} {what} among instances");
@@ -444,11 +445,11 @@ fn diagnose_ns(cp: &ControlPlane, ns: &str, tmp: &std::path::Path) -> String {
     .join("\n")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn instances_are_deployments_scaled_between_zero_and_one() {
-    let tmp = tempdir();
-    let cp = ControlPlane::start(&tmp.path().join("cp"));
-    let manifests = render_manifests(&tmp.path().join("manifests"), NS, INS);
+/// A control plane with the proxy's and the instances' namespaces and Roles applied from the
+/// manifests; returns it, the rendered manifests and a kubeconfig of the proxy's account.
+fn cluster(tmp: &std::path::Path) -> (ControlPlane, std::path::PathBuf, std::path::PathBuf) {
+    let cp = ControlPlane::start(&tmp.join("cp"));
+    let manifests = render_manifests(&tmp.join("manifests"), NS, INS);
     cp.ok(&["create", "namespace", NS]);
     cp.ok(&[
         "label",
@@ -469,8 +470,33 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         "-f",
         manifests.join("rbac.yaml").to_str().unwrap(),
     ]);
-    let sa_kc =
-        cp.service_account_kubeconfig(NS, "vscode-on-demand", &tmp.path().join("sa.kubeconfig"));
+    let sa_kc = cp.service_account_kubeconfig(NS, "vscode-on-demand", &tmp.join("sa.kubeconfig"));
+    (cp, manifests, sa_kc)
+}
+
+/// What runs instance pods: `vod-kubelet` with the installer and a base image, and the update
+/// service the installer downloads the stand-in VS Code CLI from (its URL; downloads counted).
+async fn pods_run_here(
+    cp: &ControlPlane,
+    tmp: &std::path::Path,
+) -> (Kubelet, String, Arc<AtomicUsize>) {
+    let downloads = Arc::new(AtomicUsize::new(0));
+    let download = update_service(fake_cli_tarball(tmp), downloads.clone()).await;
+    let kubelet = Kubelet::start(
+        cp,
+        &tmp.join("kubelet"),
+        &[
+            format!("{INSTALLER}={} {{args-only}}", product()),
+            "ubuntu:24.04={args}".to_owned(),
+        ],
+    );
+    (kubelet, download, downloads)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_are_deployments_scaled_between_zero_and_one() {
+    let tmp = tempdir();
+    let (cp, manifests, sa_kc) = cluster(tmp.path());
     role_reach(&cp, NS, INS, &sa_kc, true);
     let denied = cp.kubectl(&[
         "--kubeconfig",
@@ -485,16 +511,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         "the proxy's account has no cluster-wide rights"
     );
 
-    let downloads = Arc::new(AtomicUsize::new(0));
-    let download = update_service(fake_cli_tarball(tmp.path()), downloads.clone()).await;
-    let kubelet = Kubelet::start(
-        &cp,
-        &tmp.path().join("kubelet"),
-        &[
-            format!("{INSTALLER}={} {{args-only}}", product()),
-            "ubuntu:24.04={args}".to_owned(),
-        ],
-    );
+    let (kubelet, download, downloads) = pods_run_here(&cp, tmp.path()).await;
 
     let data_a = tmp.path().join("proxy-a");
     std::fs::create_dir_all(&data_a).unwrap();
@@ -765,6 +782,183 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         .filter(|l| !l.contains("PodDisruptionBudget") && !l.trim().is_empty())
         .collect();
     assert!(other_errors.is_empty(), "server-side dry run: {stderr}");
+}
+
+/// A GET of `rest` on instance `id` through `s`, with the cookie holding `token`.
+async fn get_with(s: &Server, id: &str, rest: &str, token: &str) -> StatusCode {
+    let req = s
+        .request(Method::GET, &format!("/instances/{id}{rest}"))
+        .header("cookie", s.cookie(token))
+        .body(Default::default())
+        .unwrap();
+    s.send(req).await.status()
+}
+
+/// The access token in the instance's Secret and its generation, as the cluster admin reads
+/// them.
+fn secret_token(cp: &ControlPlane, id: &str) -> (String, String) {
+    let name = format!("vsc-{id}-token");
+    let token = cp.ok(&[
+        "-n",
+        INS,
+        "get",
+        "secret",
+        &name,
+        "-o",
+        "go-template={{.data.token | base64decode}}",
+    ]);
+    let generation = cp.ok(&[
+        "-n",
+        INS,
+        "get",
+        "secret",
+        &name,
+        "-o",
+        r#"go-template={{index .metadata.annotations "vscode-on-demand.io/token-generation"}}"#,
+    ]);
+    (token, generation)
+}
+
+/// A token replaced through one replica stops opening the instance there at once, and on the
+/// other replica as soon as its watch of the instance Secrets sees it: cookies, `?tkn=` and
+/// WebSocket upgrades with the old one are refused, its open tunnel there is closed, and the
+/// new one works everywhere, also after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_token_is_refused_by_every_replica() {
+    let tmp = tempdir();
+    let (cp, _, sa_kc) = cluster(tmp.path());
+    let (_kubelet, download, _) = pods_run_here(&cp, tmp.path()).await;
+    let sa = sa_kc.to_str().unwrap();
+    let data_a = tmp.path().join("proxy-a");
+    let data_b = tmp.path().join("proxy-b");
+    for d in [&data_a, &data_b] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let a = Server::start(&data_a, &proxy_args(sa, &download));
+    let mut b = Server::start(&data_b, &proxy_args(sa, &download));
+
+    let c = a.create(json!({"user_id": "rot"})).await;
+    let old = c.token.clone();
+    assert_eq!(
+        get_with(&a, &c.id, "/small", &old).await,
+        StatusCode::OK,
+        "{}",
+        diagnose(&cp, tmp.path())
+    );
+    assert_eq!(get_with(&b, &c.id, "/small", &old).await, StatusCode::OK);
+    let ws_path = format!("/instances/{}/ws", c.id);
+    let mut open_on_b = b
+        .websocket(&ws_path, Some(&b.cookie(&old)), Some(&b.origin_of(&c.id)))
+        .await
+        .unwrap();
+    open_on_b.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        open_on_b.next().await.unwrap().unwrap(),
+        Message::text("before")
+    );
+
+    let (st, v) = a
+        .api(
+            Method::POST,
+            &format!("/api/instances/{}/token", c.id),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let new = v["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(
+        v["url"],
+        format!("{}/instances/{}/?tkn={new}", a.origin_of(&c.id), c.id)
+    );
+    assert_eq!(secret_token(&cp, &c.id), (new.clone(), "1".to_owned()));
+
+    // Here at once.
+    assert_eq!(
+        get_with(&a, &c.id, "/small", &old).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get_with(&a, &c.id, "/small", &new).await, StatusCode::OK);
+
+    // On the other replica as soon as it has seen the Secret change.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while get_with(&b, &c.id, "/small", &old).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < end,
+            "replica b still takes the old cookie: {}",
+            diagnose(&cp, tmp.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let err = b
+        .websocket(&ws_path, Some(&b.cookie(&old)), Some(&b.origin_of(&c.id)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    let tkn = b
+        .send(
+            b.request(Method::GET, &format!("/instances/{}/?tkn={old}", c.id))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(tkn.status(), StatusCode::UNAUTHORIZED, "the old ?tkn=");
+    // The tunnel b opened with the old cookie ends (the echo server sends nothing by itself).
+    match tokio::time::timeout(Duration::from_secs(30), open_on_b.next()).await {
+        Err(_) => panic!("the tunnel opened with the old cookie is still open"),
+        Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {}
+        Ok(Some(Ok(m))) => panic!("unexpected message {m:?}"),
+    }
+    assert_eq!(get_with(&b, &c.id, "/small", &new).await, StatusCode::OK);
+    let mut ws = b
+        .websocket(&ws_path, Some(&b.cookie(&new)), Some(&b.origin_of(&c.id)))
+        .await
+        .unwrap();
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));
+    drop(ws);
+
+    // A second rotation, through b this time, reaches a the same way; a restarted replica
+    // reads the newest token back from the Secret.
+    let (st, v) = b
+        .api(
+            Method::POST,
+            &format!("/api/instances/{}/token", c.id),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let newest = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(secret_token(&cp, &c.id), (newest.clone(), "2".to_owned()));
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while get_with(&a, &c.id, "/small", &new).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < end,
+            "replica a still takes the replaced cookie"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get_with(&a, &c.id, "/small", &newest).await, StatusCode::OK);
+    b.terminate();
+    b = Server::start(&data_b, &proxy_args(sa, &download));
+    for (token, want) in [
+        (&old, StatusCode::UNAUTHORIZED),
+        (&new, StatusCode::UNAUTHORIZED),
+        (&newest, StatusCode::OK),
+    ] {
+        assert_eq!(get_with(&b, &c.id, "/small", token).await, want);
+    }
+
+    let (st, _) = a
+        .api(Method::POST, "/api/instances/rot-0000000a/token", None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    for data in [&data_a, &data_b] {
+        let log = std::fs::read_to_string(data.with_extension("server.log")).unwrap();
+        for t in [&old, &new, &newest] {
+            assert!(!log.contains(t.as_str()), "a token in {}", data.display());
+        }
+    }
 }
 
 /// Runs `deploy.sh` against the test cluster, as an operator would with the current context.

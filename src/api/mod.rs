@@ -61,6 +61,7 @@ async fn authorized(
         Route::StartInstance(id) => start(sh, id).await,
         Route::StopInstance(id) => stop(sh, id).await,
         Route::KeepaliveInstance(id) => keepalive(sh, id, req).await,
+        Route::RotateToken(id) => rotate_token(sh, id).await,
         Route::InstanceEvents(id) => Ok(events::stream(
             lookup(sh, id)?,
             sh.lifecycle.start_timeout * 2,
@@ -126,6 +127,7 @@ fn failure(e: LifecycleError, code: &str) -> Failure {
         e @ LifecycleError::TooManyInstances { .. } => {
             Failure::client(StatusCode::CONFLICT, "too_many_instances", e)
         }
+        e @ LifecycleError::Gone(_) => Failure::not_found(e),
         LifecycleError::Backend(e) => Failure::ours(code, e),
     }
 }
@@ -190,15 +192,23 @@ async fn create(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
         .create(create, &sh.defaults)
         .await
         .map_err(|e| failure(e, "create_failed"))?;
-    let token = inst.token.clone();
-    let mut body = view::instance(sh, &inst);
-    body["access_token"] = json!(token.expose());
-    body["url"] = json!(format!(
-        "{}?tkn={}",
-        view::instance_url(&sh.origins, &inst),
-        token.expose()
-    ));
-    Ok(json(StatusCode::CREATED, &body))
+    let token = inst.credential().token().clone();
+    Ok(json(
+        StatusCode::CREATED,
+        &view::with_token(sh, &inst, &token),
+    ))
+}
+
+/// `POST /api/instances/{id}/token`: a new access token in place of the old one, which
+/// stops opening the instance at once (cookies holding it too).
+async fn rotate_token(sh: &Arc<Shared>, id: &str) -> Result<Response<Body>, Failure> {
+    let inst = lookup(sh, id)?;
+    let token = sh
+        .lifecycle
+        .rotate_token(&inst)
+        .await
+        .map_err(|e| failure(e, "rotate_failed"))?;
+    Ok(json(StatusCode::OK, &view::with_token(sh, &inst, &token)))
 }
 
 async fn delete(sh: &Arc<Shared>, id: &str) -> Result<Response<Body>, Failure> {

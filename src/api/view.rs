@@ -1,7 +1,7 @@
 //! The JSON shapes of the API, kept compatible with the predecessor's fields.
 
 use crate::http::origin::Origins;
-use crate::instance::State;
+use crate::instance::{AccessToken, State};
 use crate::lifecycle::policy;
 use crate::registry::Instance;
 use crate::shared::Shared;
@@ -25,7 +25,21 @@ pub fn instance_url(origins: &Origins, inst: &Instance) -> String {
     )
 }
 
-/// One instance as the API shows it. The access token is only in the create response.
+/// One instance as the API shows it to whom it has just given `token` (create, rotation):
+/// the token, and the URL that opens the instance with it.
+pub fn with_token(sh: &Shared, inst: &Instance, token: &AccessToken) -> Value {
+    let mut body = instance(sh, inst);
+    body["access_token"] = json!(token.expose());
+    body["url"] = json!(format!(
+        "{}?tkn={}",
+        instance_url(&sh.origins, inst),
+        token.expose()
+    ));
+    body
+}
+
+/// One instance as the API shows it. The access token is only in the answers that give one
+/// ([`with_token`]).
 pub fn instance(sh: &Shared, inst: &Instance) -> Value {
     let s = inst.status();
     let spec = &inst.spec;

@@ -1,6 +1,6 @@
 //! The client subcommands (`create`, `list`, `get`, `delete`, `status`, `start`, `stop`,
-//! `keepalive`, `workspace`): call the API and print results for people, or the JSON with
-//! `--json`.
+//! `rotate-token`, `keepalive`, `workspace`): call the API and print results for people, or
+//! the JSON with `--json`.
 //! Without flags they find the local server through its data directory.
 
 use crate::config::{default_data_dir, ClientConfig, Command, CreateArgs, KeepaliveArgs};
@@ -147,6 +147,13 @@ fn print_instance(v: &Value) {
     }
 }
 
+/// What opens an instance, from an answer that gives its access token (create, rotation).
+fn print_access(v: &Value) {
+    println!("{:<16} {}", "Instance ID", field(v, "instance_id"));
+    println!("{:<16} {}", "URL", field(v, "url"));
+    println!("{:<16} {}", "Access token", field(v, "access_token"));
+}
+
 /// Runs a client subcommand; the error is printed by `main` with a non-zero exit.
 pub async fn run(cmd: Command) -> Result<(), CliError> {
     let (client, out) = match cmd {
@@ -157,9 +164,7 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
                 .await?;
             if !a.client.json {
                 println!("Instance created.");
-                println!("{:<16} {}", "Instance ID", field(&v, "instance_id"));
-                println!("{:<16} {}", "URL", field(&v, "url"));
-                println!("{:<16} {}", "Access token", field(&v, "access_token"));
+                print_access(&v);
                 println!(
                     "{:<16} {} (starts when the URL is first opened)",
                     "Status",
@@ -252,6 +257,20 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
                 .await?;
             if !a.client.json {
                 println!("{}: {}", field(&v, "instance_id"), field(&v, "status"));
+            }
+            (a.client, v)
+        }
+        Command::RotateToken(a) => {
+            let v = Api::resolve(&a.client)?
+                .call(
+                    Method::POST,
+                    &format!("/instances/{}/token", a.instance_id),
+                    None,
+                )
+                .await?;
+            if !a.client.json {
+                println!("New access token; the old one no longer opens the instance.");
+                print_access(&v);
             }
             (a.client, v)
         }

@@ -20,6 +20,7 @@ pub enum Route<'a> {
     StartInstance(&'a str),
     StopInstance(&'a str),
     KeepaliveInstance(&'a str),
+    RotateToken(&'a str),
     InstanceEvents(&'a str),
     Status,
     Workspace(&'a str),
@@ -191,6 +192,7 @@ pub fn route<'a>(site: Site<'_>, method: &Method, path: &'a str) -> Route<'a> {
         ["instances", id, "start"] => only(post, "POST", Route::StartInstance(id)),
         ["instances", id, "stop"] => only(post, "POST", Route::StopInstance(id)),
         ["instances", id, "keepalive"] => only(post, "POST", Route::KeepaliveInstance(id)),
+        ["instances", id, "token"] => only(post, "POST", Route::RotateToken(id)),
         ["instances", id, "events"] => only(get, "GET", Route::InstanceEvents(id)),
         ["status"] => only(get, "GET", Route::Status),
         ["workspaces", user] => only(get, "GET", Route::Workspace(user)),
@@ -243,6 +245,14 @@ mod tests {
         assert_eq!(
             route(Site::Shared, &Method::POST, "/api/instances/u-1/keepalive"),
             Route::KeepaliveInstance("u-1")
+        );
+        assert_eq!(
+            route(Site::Shared, &Method::POST, "/api/instances/u-1/token"),
+            Route::RotateToken("u-1")
+        );
+        assert_eq!(
+            route(Site::Shared, &g, "/api/instances/u-1/token"),
+            Route::MethodNotAllowed("POST")
         );
         assert_eq!(
             route(Site::Shared, &g, "/api/workspaces/bob"),

@@ -299,6 +299,10 @@ pub struct InstanceRecord {
     pub user_id: UserId,
     pub spec: InstanceSpec,
     pub access_token: AccessToken,
+    /// How many times the access token was replaced: where two tokens of an instance meet
+    /// (a save from before a rotation, a replica that lags), the higher generation wins.
+    #[serde(default)]
+    pub token_generation: u64,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
     /// Milliseconds since the Unix epoch.

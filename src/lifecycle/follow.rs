@@ -1,9 +1,11 @@
 //! What other servers did, as the backend observed it: instances created, started, scaled
-//! down (with or without a reason yet) or deleted elsewhere, and addresses that went away.
+//! down (with or without a reason yet) or deleted elsewhere, access tokens replaced
+//! elsewhere, and addresses that went away.
 
 use super::Lifecycle;
-use crate::instance::{State, StopReason, UpstreamAddr};
+use crate::instance::{AccessToken, State, StopReason, UpstreamAddr};
 use crate::orchestrator::Observed;
+use crate::registry::Instance;
 use std::sync::Arc;
 
 impl Lifecycle {
@@ -38,6 +40,7 @@ impl Lifecycle {
                 }
                 Some(inst) => {
                     inst.observe_activity(record.last_activity_ms);
+                    self.token_seen(&inst, record.access_token, record.token_generation);
                     if scaled_up {
                         // Started by another server: a stop reason seen earlier no longer
                         // keeps reconnects here from joining it.
@@ -58,6 +61,15 @@ impl Lifecycle {
                     }
                 }
             },
+            Observed::Token {
+                id,
+                token,
+                generation,
+            } => {
+                if let Some(inst) = self.registry.get(&id) {
+                    self.token_seen(&inst, token, generation);
+                }
+            }
             Observed::Gone(id) => {
                 if let Some(inst) = self.registry.remove(&id) {
                     tracing::info!(instance = %id, "instance deleted in the backend");
@@ -79,5 +91,107 @@ impl Lifecycle {
                 }
             }
         }
+    }
+
+    /// A token a newer generation than this server's replaces it (ending what the old one
+    /// opened); an older one, seen late, changes nothing.
+    fn token_seen(&self, inst: &Instance, token: AccessToken, generation: u64) {
+        if inst.replace_token(token, generation) {
+            tracing::info!(instance = %inst.id, generation, "access token replaced elsewhere");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! How a follower takes in what other servers did to an instance's stop reason and its
+    //! access token.
+
+    use super::*;
+    use crate::instance::{
+        AccessToken, CreateRequest, InstanceId, InstanceRecord, SpecDefaults, Upstream,
+    };
+    use crate::lifecycle::test_lifecycle;
+    use crate::registry::Registry;
+
+    fn record(stop_reason: Option<StopReason>) -> InstanceRecord {
+        let (user, spec) = CreateRequest {
+            user_id: "alice".into(),
+            ..Default::default()
+        }
+        .validate(&SpecDefaults::default())
+        .unwrap();
+        InstanceRecord {
+            instance_id: InstanceId::parse("alice-0000000a").unwrap(),
+            user_id: user,
+            spec,
+            access_token: AccessToken::generate(),
+            token_generation: 0,
+            created_at: 0,
+            last_activity_ms: 0,
+            stop_reason,
+        }
+    }
+
+    fn seen(stop_reason: Option<StopReason>, scaled_up: bool) -> Observed {
+        Observed::Present {
+            record: Box::new(record(stop_reason)),
+            scaled_up,
+        }
+    }
+
+    #[test]
+    fn stop_reasons_follow_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let lc = test_lifecycle(dir.path(), Registry::new());
+        lc.apply(seen(None, false));
+        let inst = lc.registry.all().pop().unwrap();
+        let reason = || inst.status().stop_reason;
+        assert_eq!(reason(), None, "found stopped: nobody stopped it");
+
+        // Another server stops it for idleness: the reason arrives after the scale-down.
+        let upstream = Upstream {
+            addr: UpstreamAddr::Tcp(([127, 0, 0, 1], 9).into()),
+            strip_prefix: false,
+            secret: None,
+        };
+        inst.update(|s| s.starting() && s.running(upstream));
+        lc.apply(seen(None, false));
+        assert_eq!(inst.state(), State::Stopped);
+        assert_eq!(reason(), Some(StopReason::ScaledDown));
+        lc.apply(seen(Some(StopReason::Idle), false));
+        assert_eq!(reason(), Some(StopReason::Idle));
+
+        // Another server starts it again: reconnects here may join it.
+        lc.apply(seen(Some(StopReason::Idle), true));
+        assert_eq!(reason(), None);
+        lc.apply(seen(None, true));
+        assert_eq!((inst.state(), reason()), (State::Stopped, None));
+    }
+
+    #[test]
+    fn tokens_follow_the_backend_by_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let lc = test_lifecycle(dir.path(), Registry::new());
+        lc.apply(seen(None, false));
+        let inst = lc.registry.all().pop().unwrap();
+        let opened = inst.credential();
+        let token = |token: &AccessToken, generation| Observed::Token {
+            id: inst.id.clone(),
+            token: token.clone(),
+            generation,
+        };
+        let t2 = AccessToken::generate();
+        lc.apply(token(&t2, 2));
+        assert!(inst.credential().matches(t2.expose().as_bytes()));
+        assert!(
+            opened.replaced().is_cancelled(),
+            "tunnels of the old one end"
+        );
+        // A late event of an older generation, or the record as it was, changes nothing.
+        lc.apply(token(&AccessToken::generate(), 1));
+        lc.apply(seen(None, false));
+        assert!(inst.credential().matches(t2.expose().as_bytes()));
+        assert_eq!(inst.record().token_generation, 2);
     }
 }

@@ -1,13 +1,14 @@
 //! Instance lifecycle on top of the registry and a backend, and the only writer of instance
 //! state: create, start (once, however many visitors arrive together), wait for readiness,
-//! stop (with a reason), delete, keepalive, and what other servers were seen doing; the idle
-//! policy and the reaper. Every state change is a named transition of
-//! [`crate::instance::Status`].
+//! stop (with a reason), delete, keepalive, access token rotation, and what other servers
+//! were seen doing; the idle policy and the reaper. Every state change is a named transition
+//! of [`crate::instance::Status`].
 
 mod capacity;
 mod follow;
 pub mod policy;
 mod reaper;
+mod token;
 
 pub use capacity::Capacity;
 
@@ -38,7 +39,7 @@ pub enum StartError {
     AtCapacity(usize),
 }
 
-/// Why a create, delete or keepalive did not happen; nothing was changed.
+/// Why a create, delete, keepalive or token rotation did not happen; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     #[error(transparent)]
@@ -47,6 +48,8 @@ pub enum LifecycleError {
     NotRunning { id: InstanceId, state: &'static str },
     #[error("user {user} has {count} instances, the most one user may have (--max-instances-per-user); delete one first")]
     TooManyInstances { user: String, count: usize },
+    #[error("instance {0} was deleted")]
+    Gone(InstanceId),
     #[error("{0}")]
     Backend(#[from] OrchestratorError),
 }
@@ -241,6 +244,7 @@ impl Lifecycle {
             user_id: user,
             spec,
             access_token: AccessToken::generate(),
+            token_generation: 0,
             created_at: now / 1000,
             last_activity_ms: now,
             stop_reason: None,
@@ -328,70 +332,5 @@ pub(crate) fn test_lifecycle(dir: &std::path::Path, registry: Registry) -> Lifec
         start_timeout: Duration::from_secs(5),
         shutdown: CancellationToken::new(),
         capacity: Capacity::default(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! How a follower takes in what other servers did to an instance's stop reason.
-
-    use super::*;
-    use crate::instance::{
-        AccessToken, CreateRequest, InstanceId, InstanceRecord, SpecDefaults, UpstreamAddr,
-    };
-    use crate::orchestrator::Observed;
-
-    fn record(stop_reason: Option<StopReason>) -> InstanceRecord {
-        let (user, spec) = CreateRequest {
-            user_id: "alice".into(),
-            ..Default::default()
-        }
-        .validate(&SpecDefaults::default())
-        .unwrap();
-        InstanceRecord {
-            instance_id: InstanceId::parse("alice-0000000a").unwrap(),
-            user_id: user,
-            spec,
-            access_token: AccessToken::generate(),
-            created_at: 0,
-            last_activity_ms: 0,
-            stop_reason,
-        }
-    }
-
-    fn seen(stop_reason: Option<StopReason>, scaled_up: bool) -> Observed {
-        Observed::Present {
-            record: Box::new(record(stop_reason)),
-            scaled_up,
-        }
-    }
-
-    #[test]
-    fn stop_reasons_follow_the_backend() {
-        let dir = tempfile::tempdir().unwrap();
-        let lc = test_lifecycle(dir.path(), Registry::new());
-        lc.apply(seen(None, false));
-        let inst = lc.registry.all().pop().unwrap();
-        let reason = || inst.status().stop_reason;
-        assert_eq!(reason(), None, "found stopped: nobody stopped it");
-
-        // Another server stops it for idleness: the reason arrives after the scale-down.
-        let upstream = Upstream {
-            addr: UpstreamAddr::Tcp(([127, 0, 0, 1], 9).into()),
-            strip_prefix: false,
-            secret: None,
-        };
-        inst.update(|s| s.starting() && s.running(upstream));
-        lc.apply(seen(None, false));
-        assert_eq!(inst.state(), State::Stopped);
-        assert_eq!(reason(), Some(StopReason::ScaledDown));
-        lc.apply(seen(Some(StopReason::Idle), false));
-        assert_eq!(reason(), Some(StopReason::Idle));
-
-        // Another server starts it again: reconnects here may join it.
-        lc.apply(seen(Some(StopReason::Idle), true));
-        assert_eq!(reason(), None);
-        lc.apply(seen(None, true));
-        assert_eq!((inst.state(), reason()), (State::Stopped, None));
     }
 }

@@ -125,6 +125,7 @@ mod tests {
             user_id: user,
             spec,
             access_token: AccessToken::generate(),
+            token_generation: 0,
             created_at: 0,
             last_activity_ms: lc.registry.now_ms(),
             stop_reason: None,

@@ -12,7 +12,7 @@ use super::runtime::{LaunchContext, RuntimeConfig, DOWNLOAD_TIMEOUT};
 use super::sandbox::{self, Jail, Sandbox};
 use super::store::{write_private, Store};
 use super::{Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
-use crate::instance::{InstanceId, InstanceRecord, Upstream, UpstreamAddr, UserId};
+use crate::instance::{AccessToken, InstanceId, InstanceRecord, Upstream, UpstreamAddr, UserId};
 use crate::outbound::{system_roots, Outbound};
 use async_trait::async_trait;
 use nix::sys::signal::{killpg, Signal};
@@ -226,7 +226,7 @@ impl Orchestrator for Local {
             std::fs::create_dir_all(d)
                 .map_err(OrchestratorError::io(format!("creating {}", d.display())))?;
         }
-        if let Err(e) = self.store.write(rec) {
+        if let Err(e) = self.store.create(rec) {
             let _ = std::fs::remove_dir_all(self.instance_dir(&rec.instance_id));
             return Err(e);
         }
@@ -234,7 +234,11 @@ impl Orchestrator for Local {
     }
 
     async fn save(&self, rec: &InstanceRecord) -> Result<()> {
-        self.store.write(rec)
+        self.store.update(rec)
+    }
+
+    async fn rotate_token(&self, rec: &InstanceRecord, token: &AccessToken) -> Result<u64> {
+        self.store.rotate(rec, token)
     }
 
     async fn start(&self, rec: &InstanceRecord, progress: Progress) -> Result<Started> {

@@ -10,7 +10,7 @@ mod store;
 
 pub use store::write_private;
 
-use crate::instance::{InstanceId, InstanceRecord, Upstream, UserId};
+use crate::instance::{AccessToken, InstanceId, InstanceRecord, Upstream, UserId};
 use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -36,6 +36,8 @@ pub enum OrchestratorError {
     Kube(String),
     #[error("sandbox: {0}")]
     Sandbox(String),
+    #[error("instance {0} no longer exists")]
+    Gone(InstanceId),
 }
 
 impl OrchestratorError {
@@ -66,6 +68,12 @@ pub enum Observed {
         record: Box<InstanceRecord>,
         scaled_up: bool,
     },
+    /// The instance's access token, as of `generation` (another server may have replaced it).
+    Token {
+        id: InstanceId,
+        token: AccessToken,
+        generation: u64,
+    },
     /// The instance was deleted.
     Gone(InstanceId),
     /// The instance no longer serves at `addr` (its pod went away or is not ready).
@@ -89,8 +97,15 @@ pub trait Orchestrator: Send + Sync + 'static {
     async fn load(&self) -> Result<Vec<InstanceRecord>>;
     /// Stores a new instance's facts and prepares its resources; nothing runs yet.
     async fn create(&self, rec: &InstanceRecord) -> Result<()>;
-    /// Stores changed facts (last activity, stop reason).
+    /// Stores changed facts (last activity, stop reason). The access token is
+    /// [`Orchestrator::rotate_token`]'s: a record saved from before a rotation does not bring
+    /// the old token back.
     async fn save(&self, rec: &InstanceRecord) -> Result<()>;
+    /// Stores `token` as the instance's access token, durably and where every server reads
+    /// it, and returns its generation: higher than any token the instance had before, so
+    /// that a server which meets two of them keeps the newer. Concurrent rotations (here or
+    /// on another server) each get a generation of their own.
+    async fn rotate_token(&self, rec: &InstanceRecord, token: &AccessToken) -> Result<u64>;
     /// Starts the instance and returns once it answers its readiness probe.
     async fn start(&self, rec: &InstanceRecord, progress: Progress) -> Result<Started>;
     /// Stops the instance; its volumes stay. Stopping a stopped instance is a no-op.

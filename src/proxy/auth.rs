@@ -2,10 +2,15 @@
 //! exchanged once for a cookie that only the instance's origin (host routing) or path (path
 //! routing) gets; later requests carry it. The instance never sees our cookie and cannot set
 //! it, nor cookies for other hosts or other instances' paths.
+//!
+//! The cookie holds the token itself, so every request is checked against the token current
+//! when it arrives: once the token is replaced, cookies holding the old one are refused.
 
-use crate::registry::Instance;
+use crate::instance::AccessToken;
+use crate::registry::{Credential, Instance};
 use cookie::{Cookie, SameSite};
 use http::{header, HeaderMap, HeaderValue};
+use std::sync::Arc;
 
 /// The cookie that carries an instance's access token on the instance's own origin: `__Host-`
 /// makes browsers insist on Secure, `Path=/` and no `Domain`, so no other host can set or
@@ -40,6 +45,14 @@ pub enum Presented {
     Nothing,
 }
 
+/// A request that proved it holds an instance's access token, and the credential it matched:
+/// what the request opens lasts only as long as that credential (see
+/// [`Credential::replaced`]).
+pub struct Authorized {
+    pub inst: Arc<Instance>,
+    pub credential: Arc<Credential>,
+}
+
 /// Finds the `tkn` parameter, the remaining query string without it.
 pub fn split_tkn(query: Option<&str>) -> (Option<&str>, String) {
     let Some(q) = query else {
@@ -63,13 +76,13 @@ pub fn split_tkn(query: Option<&str>) -> (Option<&str>, String) {
 /// A `tkn` parameter is ours when it holds the token; VS Code puts an empty or unrelated `tkn`
 /// of its own on some resource URLs, and with a valid cookie those pass through untouched.
 pub fn check(
-    inst: Option<&Instance>,
+    credential: Option<&Credential>,
     headers: &HeaderMap,
     query: Option<&str>,
     cookie: &str,
 ) -> Presented {
     let tkn = split_tkn(query).0.filter(|t| !t.is_empty());
-    let matches = |v: &[u8]| inst.is_some_and(|i| i.token.matches(v));
+    let matches = |v: &[u8]| credential.is_some_and(|c| c.matches(v));
     let mut cookie_seen = false;
     let mut cookie_ok = false;
     for value in headers.get_all(header::COOKIE) {
@@ -90,15 +103,15 @@ pub fn check(
     }
 }
 
-/// The `Set-Cookie` value for an instance: HttpOnly, Secure, host-only; only sent to the
-/// instance's origin (host routing) or under its path (path routing).
-pub fn set_cookie(inst: &Instance, host_routing: bool) -> HeaderValue {
+/// The `Set-Cookie` value for an instance's `token`: HttpOnly, Secure, host-only; only sent to
+/// the instance's origin (host routing) or under its path (path routing).
+pub fn set_cookie(id: &str, token: &AccessToken, host_routing: bool) -> HeaderValue {
     let path = if host_routing {
         "/".to_owned()
     } else {
-        format!("/instances/{}/", inst.id)
+        format!("/instances/{id}/")
     };
-    let c = Cookie::build((cookie_name(host_routing), inst.token.expose().to_owned()))
+    let c = Cookie::build((cookie_name(host_routing), token.expose().to_owned()))
         .path(path)
         .http_only(true)
         .secure(true)

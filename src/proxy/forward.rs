@@ -2,6 +2,7 @@
 //! hop-by-hop headers out, `X-Forwarded-*` set), the response streamed back (the activity
 //! script added to pages, cookies confined), and WebSocket upgrades spliced into a tunnel.
 
+use super::auth::Authorized;
 use super::{activity, auth, headers, inject, secret, tunnel};
 use crate::http::conns::Conn;
 use crate::http::failure::Failure;
@@ -166,15 +167,17 @@ pub async fn forward(
     Response::from_parts(parts, body)
 }
 
+/// Forwards a WebSocket upgrade; the tunnel lasts as long as the credential that opened it.
 pub async fn forward_upgrade(
     sh: &Arc<Shared>,
-    inst: Arc<Instance>,
+    authorized: Authorized,
     upstream: Upstream,
     rest: &str,
     mut req: Request<Incoming>,
     peer: IpAddr,
     conn: Arc<Conn>,
 ) -> Response<Body> {
+    let Authorized { inst, credential } = authorized;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let req = match upstream_request(&upstream, inst.id.as_str(), rest, req, peer, true) {
         Ok(r) => r,
@@ -196,12 +199,16 @@ pub async fn forward_upgrade(
         return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
-    let idle = sh.tunnel_idle_timeout;
+    let ends = tunnel::Ends {
+        going_away: conn.info.going_away.clone(),
+        revoked: credential.replaced(),
+        idle: sh.tunnel_idle_timeout,
+    };
     tokio::spawn(async move {
         // The tunnel keeps its connection's place in the table, busy, until it ends.
         let _busy = conn.info.busy();
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
-            Ok((c, u)) => tunnel::splice(c, u, inst, conn.info.going_away.clone(), idle).await,
+            Ok((c, u)) => tunnel::splice(c, u, inst, ends).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }
     });

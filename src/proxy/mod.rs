@@ -24,7 +24,7 @@ use crate::lifecycle::policy;
 use crate::registry::Instance;
 use crate::shared::Shared;
 use activity::Source;
-use auth::Presented;
+use auth::{Authorized, Presented};
 use http::{header, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use std::net::IpAddr;
@@ -50,12 +50,13 @@ pub async fn handle(
 ) -> Response<Body> {
     let websocket = headers::is_websocket(req.headers());
     let source = Source::of(req.method(), req.headers(), websocket);
-    let inst = match authenticate(sh, id, &req, peer, source) {
-        Ok(inst) => inst,
+    let authorized = match authenticate(sh, id, &req, peer, source) {
+        Ok(a) => a,
         Err(r) => return r,
     };
+    let inst = &authorized.inst;
     let rest = match target {
-        Target::Own(page) => return own_page(sh, inst, page, &req),
+        Target::Own(page) => return own_page(sh, inst.clone(), page, &req),
         Target::Forward(rest) => rest,
     };
     if websocket && !origin_matches(&req) {
@@ -70,7 +71,7 @@ pub async fn handle(
     // its largest branch, and is moved as a whole.
     let upstream = match inst.running_upstream() {
         Some(u) => u,
-        None => match Box::pin(admit(sh, &inst, source)).await {
+        None => match Box::pin(admit(sh, inst, source)).await {
             Ok(u) => u,
             Err(r) => return r,
         },
@@ -78,7 +79,7 @@ pub async fn handle(
     if websocket {
         Box::pin(forward::forward_upgrade(
             sh,
-            inst,
+            authorized,
             upstream,
             rest,
             req,
@@ -87,27 +88,37 @@ pub async fn handle(
         ))
         .await
     } else {
-        forward::forward(sh, &inst, upstream, rest, req, peer, source).await
+        forward::forward(sh, inst, upstream, rest, req, peer, source).await
     }
 }
 
-/// The instance, if the request carries its token or cookie; a valid `?tkn=` is answered by
-/// the exchange for a cookie, and a wrong credential counts against the client.
+/// The instance and the credential the request carries (its token or cookie); a valid
+/// `?tkn=` is answered by the exchange for a cookie, and a wrong credential counts against
+/// the client. One credential is read for the whole check, so a request that proved a token
+/// being replaced meanwhile is never handed the new one in its cookie.
 fn authenticate(
     sh: &Shared,
     id: &str,
     req: &Request<Incoming>,
     peer: IpAddr,
     source: Source,
-) -> Result<Arc<Instance>, Response<Body>> {
+) -> Result<Authorized, Response<Body>> {
     let navigation = source == Source::Navigation;
-    let inst = sh.lifecycle.registry.get_str(id);
+    let found = sh.lifecycle.registry.get_str(id).map(|inst| {
+        let credential = inst.credential();
+        Authorized { inst, credential }
+    });
     let host_routing = sh.origins.host_routing();
     let cookie = auth::cookie_name(host_routing);
-    let presented = auth::check(inst.as_deref(), req.headers(), req.uri().query(), cookie);
-    match (inst, presented) {
-        (Some(inst), Presented::Exchange) => Err(exchange(&inst, req.uri(), host_routing)),
-        (Some(inst), Presented::Valid) => Ok(inst),
+    let presented = auth::check(
+        found.as_ref().map(|a| &*a.credential),
+        req.headers(),
+        req.uri().query(),
+        cookie,
+    );
+    match (found, presented) {
+        (Some(a), Presented::Exchange) => Err(exchange(&a, req.uri(), host_routing)),
+        (Some(a), Presented::Valid) => Ok(a),
         (_, Presented::Nothing) => Err(deny(navigation, false)),
         // A wrong token or cookie counts against the client, so guessing is slowed down.
         _ if !sh.guesses.failed(peer) => Err(Failure::rate_limited().response()),
@@ -212,7 +223,7 @@ fn origin_matches(req: &Request<Incoming>) -> bool {
 
 /// Trades a valid `?tkn=` for a cookie and sends the browser to the same URL without it, so
 /// the token stays out of history, logs and `Referer`.
-fn exchange(inst: &Instance, uri: &Uri, host_routing: bool) -> Response<Body> {
+fn exchange(a: &Authorized, uri: &Uri, host_routing: bool) -> Response<Body> {
     let (_, query) = auth::split_tkn(uri.query());
     // The router checked that the path names this instance and nothing ambiguous.
     let mut location = uri.path().to_owned();
@@ -221,7 +232,7 @@ fn exchange(inst: &Instance, uri: &Uri, host_routing: bool) -> Response<Body> {
         location.push_str(&query);
     }
     let mut r = redirect(StatusCode::SEE_OTHER, &location);
-    r.headers_mut()
-        .insert(header::SET_COOKIE, auth::set_cookie(inst, host_routing));
+    let cookie = auth::set_cookie(a.inst.id.as_str(), a.credential.token(), host_routing);
+    r.headers_mut().insert(header::SET_COOKIE, cookie);
     r
 }

@@ -1,9 +1,10 @@
 //! Splices an upgraded (WebSocket) connection between browser and instance. Its traffic is not
 //! activity: an open VS Code tab sends keepalives and protocol messages by itself for as long
 //! as it is open. Upgraded connections leave hyper's connection tracking, so the tunnel ends by
-//! itself: after a time with no bytes either way (VS Code's own keepalives come every few
-//! seconds, so only a dead tab gets there), and at the server's drain deadline, where the
-//! browser gets a close frame with status 1001 ("going away") after the frame under way.
+//! itself: when the access token it was opened with is replaced, after a time with no bytes
+//! either way (VS Code's own keepalives come every few seconds, so only a dead tab gets there),
+//! and at the server's drain deadline, where the browser gets a close frame with status 1001
+//! ("going away") after the frame under way.
 
 use super::frames::{FrameCursor, GOING_AWAY};
 use crate::registry::Instance;
@@ -21,13 +22,22 @@ use tokio_util::sync::CancellationToken;
 /// cut without a close frame.
 const FINISH_FRAME: Duration = Duration::from_secs(2);
 
-pub async fn splice(
-    client: Upgraded,
-    upstream: Upgraded,
-    inst: Arc<Instance>,
-    going_away: CancellationToken,
-    idle: Duration,
-) {
+/// What ends a tunnel besides either side closing it.
+pub struct Ends {
+    /// The server's drain deadline passed.
+    pub going_away: CancellationToken,
+    /// The access token that opened it was replaced.
+    pub revoked: CancellationToken,
+    /// No bytes either way for this long.
+    pub idle: Duration,
+}
+
+pub async fn splice(client: Upgraded, upstream: Upgraded, inst: Arc<Instance>, ends: Ends) {
+    let Ends {
+        going_away,
+        revoked,
+        idle,
+    } = ends;
     let start = Instant::now();
     let shared = Arc::new(Shared {
         last: AtomicU64::new(0),
@@ -62,6 +72,10 @@ pub async fn splice(
         }
         () = quiet => {
             tracing::debug!(instance = %inst.id, "websocket tunnel idle; closed");
+            return;
+        }
+        () = revoked.cancelled() => {
+            tracing::info!(instance = %inst.id, "websocket tunnel closed: its access token was replaced");
             return;
         }
         () = going_away.cancelled() => {}

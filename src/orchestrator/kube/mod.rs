@@ -43,7 +43,8 @@ pub struct Kube {
     client: Client,
     settings: KubeSettings,
     identity: String,
-    tokens: Mutex<HashMap<String, AccessToken>>,
+    /// Each instance's access token and its generation, as read from its Secret.
+    tokens: Mutex<HashMap<String, (AccessToken, u64)>>,
 }
 
 impl Kube {
@@ -111,7 +112,7 @@ impl Kube {
         else {
             return Ok(None);
         };
-        let Some(token) = self.token(id.as_str()).await? else {
+        let Some((token, token_generation)) = self.token(id.as_str()).await? else {
             return Ok(None);
         };
         let created_at = annotations
@@ -129,6 +130,7 @@ impl Kube {
             instance_id: id,
             spec,
             access_token: token,
+            token_generation,
             created_at,
             last_activity_ms: annotations
                 .get(ACTIVITY_ANNOTATION)
@@ -256,10 +258,7 @@ impl Orchestrator for Kube {
             let _ = self.delete(&rec.instance_id).await;
             return Err(e);
         }
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), rec.access_token.clone());
+        self.learn_token(id, &rec.access_token, rec.token_generation);
         Ok(())
     }
 
@@ -277,6 +276,10 @@ impl Orchestrator for Kube {
             .await
             .map_err(kerr("recording activity"))?;
         Ok(())
+    }
+
+    async fn rotate_token(&self, rec: &InstanceRecord, token: &AccessToken) -> Result<u64> {
+        self.rotate(&rec.instance_id, token).await
     }
 
     async fn start(&self, rec: &InstanceRecord, progress: Progress) -> Result<Started> {
@@ -349,10 +352,7 @@ impl Orchestrator for Kube {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(kerr("deleting the Deployment")(e)),
         }
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id.as_str());
+        self.forget_token(id.as_str());
         Ok(())
     }
 

@@ -16,6 +16,8 @@ pub const SPEC_ANNOTATION: &str = "vscode-on-demand.io/spec";
 pub const ACTIVITY_ANNOTATION: &str = "vscode-on-demand.io/last-activity";
 pub const STOP_REASON_ANNOTATION: &str = "vscode-on-demand.io/stop-reason";
 pub const CREATED_ANNOTATION: &str = "vscode-on-demand.io/created";
+/// On the instance Secret: how many times its access token was replaced (absent: never).
+pub const TOKEN_GENERATION_ANNOTATION: &str = "vscode-on-demand.io/token-generation";
 /// The port `code serve-web` listens on inside the pod.
 pub const PORT: u16 = 8000;
 /// Where the config volume is mounted: the VS Code CLI, its data, settings and extensions.
@@ -282,6 +284,7 @@ mod tests {
             user_id: user,
             spec,
             access_token: AccessToken::generate(),
+            token_generation: 0,
             created_at: 1,
             last_activity_ms: 2,
             stop_reason: None,

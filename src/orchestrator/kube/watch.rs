@@ -1,14 +1,16 @@
 //! Watching the cluster: instance Deployments created, scaled or deleted by other servers,
-//! and pods that go away under a running instance, reported as [`Observed`] changes.
+//! access tokens replaced in instance Secrets, and pods that go away under a running
+//! instance, reported as [`Observed`] changes.
 
 use super::objects::{selector, INSTANCE_LABEL};
 use super::pods::lost;
+use super::secrets::{access_token, instance_of};
 use super::Kube;
 use crate::instance::InstanceId;
 use crate::orchestrator::Observed;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::{watcher, WatchStreamExt};
 
 impl Kube {
@@ -16,8 +18,10 @@ impl Kube {
     pub(super) async fn watch(&self, tx: tokio::sync::mpsc::Sender<Observed>) {
         let cfg = watcher::Config::default().labels(&selector());
         let deployments = watcher(self.api::<Deployment>(), cfg.clone()).default_backoff();
+        let secrets = watcher(self.api::<Secret>(), cfg.clone()).default_backoff();
         let pods = watcher(self.api::<Pod>(), cfg).default_backoff();
         let mut deployments = std::pin::pin!(deployments);
+        let mut secrets = std::pin::pin!(secrets);
         let mut pods = std::pin::pin!(pods);
         loop {
             let seen = tokio::select! {
@@ -33,6 +37,21 @@ impl Kube {
                         .map(Observed::Gone),
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "watching instances");
+                        None
+                    }
+                    Some(Ok(_)) => None,
+                    None => return,
+                },
+                ev = secrets.next() => match ev {
+                    Some(Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s))) => self.token_seen(&s),
+                    Some(Ok(watcher::Event::Delete(s))) => {
+                        if let Some(id) = instance_of(&s) {
+                            self.forget_token(id.as_str());
+                        }
+                        None
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watching instance Secrets");
                         None
                     }
                     Some(Ok(_)) => None,
@@ -54,5 +73,18 @@ impl Kube {
                 }
             }
         }
+    }
+
+    /// A token newer than the one this server knows (another server rotated it) is cached
+    /// and reported; older or known ones are not.
+    fn token_seen(&self, secret: &Secret) -> Option<Observed> {
+        let id = instance_of(secret)?;
+        let (token, generation) = access_token(secret)?;
+        self.learn_token(id.as_str(), &token, generation)
+            .then_some(Observed::Token {
+                id,
+                token,
+                generation,
+            })
     }
 }
