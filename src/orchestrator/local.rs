@@ -8,6 +8,7 @@
 //! crash), `sockets/<id>/vscode.sock`, `workspaces/<user>/` (shared by all of a user's
 //! instances, never deleted by us) and `cache/` (downloaded VS Code CLIs).
 
+use super::readiness::wait_ready;
 use super::runtime::{LaunchContext, RuntimeConfig, DOWNLOAD_TIMEOUT};
 use super::sandbox::{self, Jail, Sandbox};
 use super::store::{write_private, Store};
@@ -27,12 +28,6 @@ use tokio::sync::{oneshot, watch};
 
 /// How long a stopped instance gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Between readiness probes. A held request waits for the probe that follows the instance's
-/// readiness, so this bounds the wake overhead; a probe of a port nobody listens on yet is one
-/// refused connect.
-const PROBE_INTERVAL: Duration = Duration::from_millis(2);
-/// How long one readiness probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest path a Unix socket address holds (`sun_path` less its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -145,57 +140,6 @@ impl Local {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
         let _ = std::fs::remove_file(pgid_file);
-    }
-
-    async fn wait_ready(
-        &self,
-        addr: &UpstreamAddr,
-        path: &str,
-        exited: &mut oneshot::Receiver<String>,
-        log: &Path,
-    ) -> Result<()> {
-        loop {
-            if let Ok(reason) = exited.try_recv() {
-                return Err(OrchestratorError::StartFailed(format!(
-                    "{reason}; last output: {}",
-                    log_tail(log)
-                )));
-            }
-            if answers(addr, path).await {
-                return Ok(());
-            }
-            tokio::time::sleep(PROBE_INTERVAL).await;
-        }
-    }
-}
-
-/// Whether the instance answers `GET path` below 500, over the connection the proxy would use.
-async fn answers(addr: &UpstreamAddr, path: &str) -> bool {
-    let probe = async {
-        let mut conn = crate::upstream::connect(addr).await.ok()?;
-        let req = http::Request::get(path)
-            .header(http::header::HOST, "localhost")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .ok()?;
-        let resp = conn.send_request(req).await.ok()?;
-        Some(resp.status().as_u16() < 500)
-    };
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
-        Ok(Some(true))
-    )
-}
-
-/// The last few lines a failed instance printed, for its failure reason.
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read(log).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-    if tail.is_empty() {
-        "(nothing)".into()
-    } else {
-        tail.chars().take(1000).collect()
     }
 }
 
@@ -335,10 +279,7 @@ impl Orchestrator for Local {
         } else {
             UpstreamAddr::Tcp(([127, 0, 0, 1], port).into())
         };
-        if let Err(e) = self
-            .wait_ready(&addr, &launch.probe_path, &mut exit_rx, &log_path)
-            .await
-        {
+        if let Err(e) = wait_ready(&addr, &launch.probe_path, &mut exit_rx, &log_path).await {
             let _ = self.stop(id).await;
             return Err(e);
         }

@@ -1,9 +1,11 @@
 //! Where instances actually run. The [`Orchestrator`] trait is all the layers above know;
-//! `local` runs instances as child processes of this server (confined by `sandbox`), `kube` as
+//! `local` runs instances as child processes of this server (confined by `sandbox`, ready when
+//! `readiness` says so), `kube` as
 //! Kubernetes Deployments.
 
 pub mod kube;
 pub mod local;
+mod readiness;
 pub mod runtime;
 pub mod sandbox;
 mod store;
