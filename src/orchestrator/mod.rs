@@ -1,7 +1,6 @@
 //! Where instances actually run. The [`Orchestrator`] trait is all the layers above know;
 //! `local` runs instances as child processes of this server (confined by `sandbox`, ready when
-//! `readiness` says so), `kube` as
-//! Kubernetes Deployments.
+//! `readiness` says so), `kube` as Kubernetes Deployments.
 
 pub mod kube;
 pub mod local;
