@@ -2,6 +2,8 @@
 //! files; tests build these structs from argument vectors. The client subcommands' arguments
 //! are in `client`.
 
+use crate::error::StartupError;
+use crate::http::client_addr::TrustedProxies;
 use crate::http::origin::RoutingMode;
 use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
 use crate::orchestrator::sandbox::SandboxMode;
@@ -188,7 +190,9 @@ pub struct ServeConfig {
     #[arg(long, env = "VOD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Most simultaneous connections from one client address (IPv6: one /64); at the limit its
-    /// longest-idle connection is closed to make room, else the new one is refused.
+    /// longest-idle connection is closed to make room, else the new one is refused. Connections
+    /// from --trusted-proxies carry many clients and are exempt; with --proxy-protocol the
+    /// client their header names is held to this.
     #[arg(long, env = "VOD_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 512)]
     pub max_connections_per_client: usize,
     /// A client connection with no request in flight is closed after this long (before its
@@ -221,6 +225,21 @@ pub struct ServeConfig {
     /// Failed token checks allowed per client address per minute before 429.
     #[arg(long, env = "VOD_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
     pub auth_failures_per_minute: u32,
+    /// Load balancers trusted to say who the client is: networks or addresses, comma-separated
+    /// (e.g. 10.0.0.0/8,2001:db8::/32). A request over a connection from one counts against
+    /// the client that X-Forwarded-For names (the right-most address not itself trusted; a
+    /// malformed entry: the balancer) for --auth-failures-per-minute, and such connections
+    /// are exempt from --max-connections-per-client, as one balancer carries many clients.
+    /// Everyone else's X-Forwarded-For is ignored [default: none].
+    #[arg(long, env = "VOD_TRUSTED_PROXIES", value_name = "CIDR,...",
+          value_parser = TrustedProxies::parse, default_value = "", hide_default_value = true)]
+    pub trusted_proxies: TrustedProxies,
+    /// Connections from --trusted-proxies start with a PROXY protocol header (version 1 or 2)
+    /// naming the client, before TLS; one without a valid header within 10 s is closed. The
+    /// named client is held to --max-connections-per-client and --auth-failures-per-minute.
+    /// Needs --trusted-proxies; other peers connect without a header.
+    #[arg(long, env = "VOD_PROXY_PROTOCOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub proxy_protocol: bool,
     /// Kubernetes namespace of this server: the reaper Lease lives here (kube backend).
     #[arg(long, env = "VOD_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -279,6 +298,14 @@ impl ServeConfig {
         Wrap::try_parse_from(argv).map(|w| w.serve)
     }
 
+    /// The trusted proxies; `--proxy-protocol` needs some, as only they send the header.
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, StartupError> {
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(StartupError::ProxyProtocolUntrusted);
+        }
+        Ok(self.trusted_proxies.clone())
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)
     }
@@ -324,5 +351,39 @@ mod tests {
         assert_eq!(c.sandbox, SandboxMode::Bwrap);
         assert!(ServeConfig::from_args(["--sandbox", "chroot"]).is_err());
         assert!(ServeConfig::from_args(["--idle-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_proxy_protocol() {
+        use std::net::IpAddr;
+        let c = ServeConfig::from_args(["--listen", "127.0.0.1:0"]).unwrap();
+        assert!(c.trusted_proxies().unwrap().is_empty() && !c.proxy_protocol);
+        let c = ServeConfig::from_args(["--trusted-proxies", "10.0.0.0/8, 192.0.2.7,::1"]).unwrap();
+        let t = c.trusted_proxies().unwrap();
+        assert_eq!(t.to_string(), "10.0.0.0/8,192.0.2.7/32,::1/128");
+        for (ip, trusted) in [
+            ("10.9.8.7", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("::1", true),
+        ] {
+            assert_eq!(t.contains(ip.parse::<IpAddr>().unwrap()), trusted, "{ip}");
+        }
+        let err = ServeConfig::from_args(["--trusted-proxies", "10.0.0.0/8,lb"]).unwrap_err();
+        assert!(err.to_string().contains("`lb` is not a network"), "{err}");
+        assert!(ServeConfig::from_args(["--trusted-proxies", ""])
+            .unwrap()
+            .trusted_proxies()
+            .unwrap()
+            .is_empty());
+        let c = ServeConfig::from_args(["--proxy-protocol"]).unwrap();
+        let err = c.trusted_proxies().unwrap_err().to_string();
+        assert!(
+            err.contains("--proxy-protocol needs --trusted-proxies"),
+            "{err}"
+        );
+        let c =
+            ServeConfig::from_args(["--proxy-protocol", "--trusted-proxies", "10.0.0.1"]).unwrap();
+        assert!(c.proxy_protocol && !c.trusted_proxies().unwrap().is_empty());
     }
 }

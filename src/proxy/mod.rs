@@ -13,6 +13,7 @@ mod pages;
 mod secret;
 mod tunnel;
 
+use crate::http::client_addr::ClientAddr;
 use crate::http::conns::Conn;
 use crate::http::failure::Failure;
 use crate::http::response::redirect;
@@ -44,12 +45,12 @@ pub async fn handle(
     id: &str,
     target: Target<'_>,
     req: Request<Incoming>,
-    peer: IpAddr,
+    client: &ClientAddr,
     conn: &Arc<Conn>,
 ) -> Response<Body> {
     let websocket = headers::is_websocket(req.headers());
     let source = Source::of(req.method(), req.headers(), websocket);
-    let inst = match authenticate(sh, id, &req, peer, source) {
+    let inst = match authenticate(sh, id, &req, client.ip, source) {
         Ok(inst) => inst,
         Err(r) => return r,
     };
@@ -70,9 +71,9 @@ pub async fn handle(
         Err(r) => return r,
     };
     if websocket {
-        forward::forward_upgrade(sh, inst, upstream, rest, req, peer, conn.clone()).await
+        forward::forward_upgrade(sh, inst, upstream, rest, req, client, conn.clone()).await
     } else {
-        forward::forward(sh, &inst, upstream, rest, req, peer, source).await
+        forward::forward(sh, &inst, upstream, rest, req, client, source).await
     }
 }
 
