@@ -1,6 +1,9 @@
 //! Command line and environment → typed configuration. Parsing binds nothing and reads no
-//! files; tests build these structs from argument vectors.
+//! files; tests build these structs from argument vectors. The client subcommands' arguments
+//! are in `client`.
 
+use crate::error::StartupError;
+use crate::http::client_addr::TrustedProxies;
 use crate::http::origin::RoutingMode;
 use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
 use crate::orchestrator::sandbox::SandboxMode;
@@ -8,6 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod client;
+pub use client::{ClientConfig, CreateArgs, InstanceArgs, KeepaliveArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -186,7 +192,9 @@ pub struct ServeConfig {
     #[arg(long, env = "VOD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Most simultaneous connections from one client address (IPv6: one /64); at the limit its
-    /// longest-idle connection is closed to make room, else the new one is refused.
+    /// longest-idle connection is closed to make room, else the new one is refused. Connections
+    /// from --trusted-proxies carry many clients and are exempt; with --proxy-protocol the
+    /// client their header names is held to this.
     #[arg(long, env = "VOD_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 512)]
     pub max_connections_per_client: usize,
     /// A client connection with no request in flight is closed after this long (before its
@@ -219,6 +227,21 @@ pub struct ServeConfig {
     /// Failed token checks allowed per client address per minute before 429.
     #[arg(long, env = "VOD_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
     pub auth_failures_per_minute: u32,
+    /// Load balancers trusted to say who the client is: networks or addresses, comma-separated
+    /// (e.g. 10.0.0.0/8,2001:db8::/32). A request over a connection from one counts against
+    /// the client that X-Forwarded-For names (the right-most address not itself trusted; a
+    /// malformed entry: the balancer) for --auth-failures-per-minute, and such connections
+    /// are exempt from --max-connections-per-client, as one balancer carries many clients.
+    /// Everyone else's X-Forwarded-For is ignored [default: none].
+    #[arg(long, env = "VOD_TRUSTED_PROXIES", value_name = "CIDR,...",
+          value_parser = TrustedProxies::parse, default_value = "", hide_default_value = true)]
+    pub trusted_proxies: TrustedProxies,
+    /// Connections from --trusted-proxies start with a PROXY protocol header (version 1 or 2)
+    /// naming the client, before TLS; one without a valid header within 10 s is closed. The
+    /// named client is held to --max-connections-per-client and --auth-failures-per-minute.
+    /// Needs --trusted-proxies; other peers connect without a header.
+    #[arg(long, env = "VOD_PROXY_PROTOCOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub proxy_protocol: bool,
     /// Kubernetes namespace of this server: the reaper Lease lives here (kube backend).
     #[arg(long, env = "VOD_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -278,6 +301,14 @@ impl ServeConfig {
         Wrap::try_parse_from(argv).map(|w| w.serve)
     }
 
+    /// The trusted proxies; `--proxy-protocol` needs some, as only they send the header.
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, StartupError> {
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(StartupError::ProxyProtocolUntrusted);
+        }
+        Ok(self.trusted_proxies.clone())
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)
     }
@@ -299,79 +330,6 @@ impl ServeConfig {
             port_forwarding: false,
         }
     }
-}
-
-/// How a client subcommand reaches the server.
-#[derive(Debug, Clone, Args)]
-pub struct ClientConfig {
-    /// Base URL of the server [default: the local server recorded in the data directory, else
-    /// https://localhost:8443].
-    #[arg(long, env = "VOD_API_URL", global = true)]
-    pub api_url: Option<String>,
-    /// API token [default: <data-dir>/admin-token].
-    #[arg(long, env = "VOD_API_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
-    /// CA certificate to trust [default: the local server's CA, else the system's roots].
-    #[arg(long, env = "VOD_CA_CERT", global = true)]
-    pub ca_cert: Option<PathBuf>,
-    /// Data directory of a local server, to find its URL, CA and token.
-    #[arg(long, env = "VOD_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// Print the server's JSON instead of text.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct InstanceArgs {
-    #[arg(long)]
-    pub instance_id: String,
-    #[command(flatten)]
-    pub client: ClientConfig,
-}
-
-#[derive(Debug, Args)]
-pub struct KeepaliveArgs {
-    #[arg(long)]
-    pub instance_id: String,
-    /// Busy for this long from now (e.g. 2h).
-    #[arg(long, value_parser = duration, conflicts_with = "busy_until")]
-    pub busy_for: Option<Duration>,
-    /// Busy until this time: Unix seconds or RFC 3339 (e.g. 2030-01-01T12:00:00Z).
-    #[arg(long)]
-    pub busy_until: Option<String>,
-    #[command(flatten)]
-    pub client: ClientConfig,
-}
-
-#[derive(Debug, Args)]
-pub struct CreateArgs {
-    #[arg(long)]
-    pub user_id: String,
-    /// Base image (Kubernetes backend), e.g. mcr.microsoft.com/devcontainers/python:1-3.12.
-    #[arg(long)]
-    pub base_image: Option<String>,
-    #[arg(long)]
-    pub vscode_version: Option<String>,
-    /// Workspace storage size, e.g. 5Gi.
-    #[arg(long = "storage")]
-    pub storage_size: Option<String>,
-    #[arg(long)]
-    pub memory_request: Option<String>,
-    #[arg(long)]
-    pub memory_limit: Option<String>,
-    #[arg(long)]
-    pub cpu_request: Option<String>,
-    #[arg(long)]
-    pub cpu_limit: Option<String>,
-    /// Seconds without activity before the instance is stopped.
-    #[arg(long)]
-    pub idle_timeout: Option<u64>,
-    /// Seconds before an idle stop that open pages show a notice (0: none).
-    #[arg(long)]
-    pub idle_notice: Option<u64>,
-    #[command(flatten)]
-    pub client: ClientConfig,
 }
 
 #[cfg(test)]
@@ -396,5 +354,39 @@ mod tests {
         assert_eq!(c.sandbox, SandboxMode::Bwrap);
         assert!(ServeConfig::from_args(["--sandbox", "chroot"]).is_err());
         assert!(ServeConfig::from_args(["--idle-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_proxy_protocol() {
+        use std::net::IpAddr;
+        let c = ServeConfig::from_args(["--listen", "127.0.0.1:0"]).unwrap();
+        assert!(c.trusted_proxies().unwrap().is_empty() && !c.proxy_protocol);
+        let c = ServeConfig::from_args(["--trusted-proxies", "10.0.0.0/8, 192.0.2.7,::1"]).unwrap();
+        let t = c.trusted_proxies().unwrap();
+        assert_eq!(t.to_string(), "10.0.0.0/8,192.0.2.7/32,::1/128");
+        for (ip, trusted) in [
+            ("10.9.8.7", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("::1", true),
+        ] {
+            assert_eq!(t.contains(ip.parse::<IpAddr>().unwrap()), trusted, "{ip}");
+        }
+        let err = ServeConfig::from_args(["--trusted-proxies", "10.0.0.0/8,lb"]).unwrap_err();
+        assert!(err.to_string().contains("`lb` is not a network"), "{err}");
+        assert!(ServeConfig::from_args(["--trusted-proxies", ""])
+            .unwrap()
+            .trusted_proxies()
+            .unwrap()
+            .is_empty());
+        let c = ServeConfig::from_args(["--proxy-protocol"]).unwrap();
+        let err = c.trusted_proxies().unwrap_err().to_string();
+        assert!(
+            err.contains("--proxy-protocol needs --trusted-proxies"),
+            "{err}"
+        );
+        let c =
+            ServeConfig::from_args(["--proxy-protocol", "--trusted-proxies", "10.0.0.1"]).unwrap();
+        assert!(c.proxy_protocol && !c.trusted_proxies().unwrap().is_empty());
     }
 }
