@@ -79,44 +79,12 @@ async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()>
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let app = App::build(cfg).await.context("starting vscode-on-demand")?;
-    let i = &app.info;
-    println!(
-        "vscode-on-demand is serving {} (listening on {})",
-        i.public_url, i.addr
-    );
-    println!("  API:        {}/api/", i.public_url);
-    if i.host_routing {
-        println!("  Routing:    host (each instance on its own origin, https://<id>.<host>)");
-    } else {
-        println!(
-            "  Routing:    path (all instances share one origin: only for users who trust each \
-             other; see --routing)"
-        );
+    // The banner is for whoever started the server: with stdout closed (`serve | head -1`,
+    // a detached service) writing it fails, which must not stop the server.
+    if let Err(e) = std::io::Write::write_all(&mut std::io::stdout(), banner(&app.info).as_bytes())
+    {
+        tracing::warn!(error = %e, "could not print the start-up banner to stdout");
     }
-    println!(
-        "  CA cert:    {}  (trust it in your browser, or: curl --cacert {})",
-        i.ca_cert.display(),
-        i.ca_cert.display()
-    );
-    // Shown once, when generated: after that it would only land in logs and journals.
-    match &i.token_file {
-        Some(f) if i.token_generated => println!(
-            "  API token:  {}  (generated; saved in {})",
-            i.admin_token,
-            f.display()
-        ),
-        Some(f) => println!("  API token:  in {}", f.display()),
-        None => println!("  API token:  from VOD_ADMIN_TOKEN / --admin-token"),
-    }
-    println!(
-        "  Data:       {} ({} instances)",
-        i.data_dir.display(),
-        i.instances
-    );
-    if let Some(s) = &i.sandbox {
-        println!("  Sandbox:    {s}");
-    }
-    println!("  Try:        vscode-on-demand create --user-id alice");
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -125,6 +93,60 @@ async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()>
     });
     app.run().await;
     Ok(())
+}
+
+/// What the server prints once it is serving: where, how to trust it, and the API token if it
+/// was just generated.
+fn banner(i: &vscode_on_demand::app::ServerInfo) -> String {
+    use std::fmt::Write;
+    let mut b = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        b,
+        "vscode-on-demand is serving {} (listening on {})",
+        i.public_url, i.addr
+    );
+    let _ = writeln!(b, "  API:        {}/api/", i.public_url);
+    if i.host_routing {
+        let _ = writeln!(
+            b,
+            "  Routing:    host (each instance on its own origin, https://<id>.<host>)"
+        );
+    } else {
+        let _ = writeln!(
+            b,
+            "  Routing:    path (all instances share one origin: only for users who trust each \
+             other; see --routing)"
+        );
+    }
+    let _ = writeln!(
+        b,
+        "  CA cert:    {}  (trust it in your browser, or: curl --cacert {})",
+        i.ca_cert.display(),
+        i.ca_cert.display()
+    );
+    // Shown once, when generated: after that it would only land in logs and journals.
+    let _ = match &i.token_file {
+        Some(f) if i.token_generated => writeln!(
+            b,
+            "  API token:  {}  (generated; saved in {})",
+            i.admin_token,
+            f.display()
+        ),
+        Some(f) => writeln!(b, "  API token:  in {}", f.display()),
+        None => writeln!(b, "  API token:  from VOD_ADMIN_TOKEN / --admin-token"),
+    };
+    let _ = writeln!(
+        b,
+        "  Data:       {} ({} instances)",
+        i.data_dir.display(),
+        i.instances
+    );
+    if let Some(s) = &i.sandbox {
+        let _ = writeln!(b, "  Sandbox:    {s}");
+    }
+    let _ = writeln!(b, "  Try:        vscode-on-demand create --user-id alice");
+    b
 }
 
 async fn wait_for_signal() {
