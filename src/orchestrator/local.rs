@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
@@ -38,7 +38,7 @@ struct Proc {
 
 pub struct Local {
     data_dir: PathBuf,
-    store: Store,
+    store: Arc<Store>,
     runtime: RuntimeConfig,
     sandbox: Sandbox,
     /// What no instance may see: the data and certificate directories.
@@ -55,7 +55,7 @@ impl Local {
         runtime: RuntimeConfig,
         sandbox: Sandbox,
     ) -> Result<Self> {
-        let store = Store::new(data_dir.join("instances"))?;
+        let store = Arc::new(Store::new(data_dir.join("instances"))?);
         std::fs::create_dir_all(data_dir.join("workspaces"))
             .map_err(OrchestratorError::io("creating the workspaces directory"))?;
         let sockets = data_dir.join("sockets");
@@ -114,6 +114,19 @@ impl Local {
         Ok(dir)
     }
 
+    /// Runs a metadata write (which waits for the disk) off the runtime's threads.
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| {
+                OrchestratorError::io("writing instance metadata")(std::io::Error::other(e))
+            })?
+    }
+
     fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Proc>> {
         // A panic while holding this lock leaves the map itself consistent (single inserts and
         // removes), so a poisoned lock is safe to keep using.
@@ -156,7 +169,7 @@ fn free_port() -> Result<u16> {
 #[async_trait]
 impl Orchestrator for Local {
     async fn load(&self) -> Result<Vec<InstanceRecord>> {
-        let recs = self.store.load_all()?;
+        let recs = self.on_disk(|s| s.load_all()).await?;
         for r in &recs {
             self.reap_stale(&r.instance_id);
         }
@@ -170,7 +183,8 @@ impl Orchestrator for Local {
             std::fs::create_dir_all(d)
                 .map_err(OrchestratorError::io(format!("creating {}", d.display())))?;
         }
-        if let Err(e) = self.store.create(rec) {
+        let stored = rec.clone();
+        if let Err(e) = self.on_disk(move |s| s.create(&stored)).await {
             let _ = std::fs::remove_dir_all(self.instance_dir(&rec.instance_id));
             return Err(e);
         }
@@ -178,11 +192,13 @@ impl Orchestrator for Local {
     }
 
     async fn save(&self, rec: &InstanceRecord) -> Result<()> {
-        self.store.update(rec)
+        let rec = rec.clone();
+        self.on_disk(move |s| s.update(&rec)).await
     }
 
     async fn rotate_token(&self, rec: &InstanceRecord, token: &AccessToken) -> Result<u64> {
-        self.store.rotate(rec, token)
+        let (rec, token) = (rec.clone(), token.clone());
+        self.on_disk(move |s| s.rotate(&rec, &token)).await
     }
 
     async fn start(&self, rec: &InstanceRecord, progress: Progress) -> Result<Started> {
@@ -319,7 +335,8 @@ impl Orchestrator for Local {
 
     async fn delete(&self, id: &InstanceId) -> Result<()> {
         self.stop(id).await?;
-        self.store.remove(id)?;
+        let gone = id.clone();
+        self.on_disk(move |s| s.remove(&gone)).await?;
         let dir = self.instance_dir(id);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -1,23 +1,32 @@
 //! Instance metadata as JSON files under the data directory, one per instance, each written
 //! atomically (temporary file, fsync, rename) so a crash never leaves a half-written record.
 //!
-//! Writes go one at a time, and the store remembers each instance's newest access token: a
-//! record saved from a snapshot taken before a rotation keeps the rotated token, and a save
-//! that comes after the instance was removed does not bring its file back.
+//! Writes of one instance go one at a time (writes of different instances do not wait for each
+//! other), and the store remembers each instance's newest access token: a record saved from a
+//! snapshot taken before a rotation keeps the rotated token, and a save that comes after the
+//! instance was removed does not bring its file back. Every call blocks on the disk: callers
+//! on the runtime run them with `spawn_blocking`.
 
 use super::{OrchestratorError, Result};
 use crate::instance::{AccessToken, InstanceId, InstanceRecord};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One stored instance's newest access token and its generation; `None` once removed. Locked
+/// while the instance's record is written.
+type Entry = Arc<Mutex<Option<(AccessToken, u64)>>>;
 
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    /// The newest access token of each stored instance, with its generation; held while a
-    /// record is written.
-    tokens: Mutex<HashMap<InstanceId, (AccessToken, u64)>>,
+    entries: Mutex<HashMap<InstanceId, Entry>>,
+}
+
+/// Each critical section leaves its value whole, so a poisoned lock is still consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Store {
@@ -26,7 +35,7 @@ impl Store {
             .map_err(OrchestratorError::io(format!("creating {}", dir.display())))?;
         Ok(Self {
             dir,
-            tokens: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
         })
     }
 
@@ -34,27 +43,32 @@ impl Store {
         self.dir.join(format!("{id}.json"))
     }
 
-    fn tokens(&self) -> MutexGuard<'_, HashMap<InstanceId, (AccessToken, u64)>> {
-        // Entries are inserted and removed whole, so a poisoned map is still consistent.
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    /// The instance's entry; the table's lock is held only to find it.
+    fn entry(&self, id: &InstanceId) -> Option<Entry> {
+        lock(&self.entries).get(id).cloned()
     }
 
     /// Stores a new instance's record.
     pub fn create(&self, rec: &InstanceRecord) -> Result<()> {
-        let mut tokens = self.tokens();
-        self.write(rec)?;
-        tokens.insert(
-            rec.instance_id.clone(),
-            (rec.access_token.clone(), rec.token_generation),
-        );
+        let entry: Entry = Arc::default();
+        let mut newest = lock(&entry);
+        lock(&self.entries).insert(rec.instance_id.clone(), entry.clone());
+        if let Err(e) = self.write(rec) {
+            lock(&self.entries).remove(&rec.instance_id);
+            return Err(e);
+        }
+        *newest = Some((rec.access_token.clone(), rec.token_generation));
         Ok(())
     }
 
     /// Stores a stored instance's changed facts, with its newest access token whatever the
     /// record says; nothing for an instance no longer stored.
     pub fn update(&self, rec: &InstanceRecord) -> Result<()> {
-        let mut tokens = self.tokens();
-        let Some((token, generation)) = tokens.get_mut(&rec.instance_id) else {
+        let Some(entry) = self.entry(&rec.instance_id) else {
+            return Ok(());
+        };
+        let mut guard = lock(&entry);
+        let Some((token, generation)) = guard.as_mut() else {
             return Ok(());
         };
         if rec.token_generation < *generation {
@@ -71,10 +85,10 @@ impl Store {
     /// Stores `token` as the instance's access token, one generation above its newest, and
     /// returns that generation.
     pub fn rotate(&self, rec: &InstanceRecord, token: &AccessToken) -> Result<u64> {
-        let mut tokens = self.tokens();
-        let Some((current, generation)) = tokens.get_mut(&rec.instance_id) else {
-            return Err(OrchestratorError::Gone(rec.instance_id.clone()));
-        };
+        let gone = || OrchestratorError::Gone(rec.instance_id.clone());
+        let entry = self.entry(&rec.instance_id).ok_or_else(gone)?;
+        let mut guard = lock(&entry);
+        let (current, generation) = guard.as_mut().ok_or_else(gone)?;
         let next = (*generation).max(rec.token_generation) + 1;
         let mut rotated = rec.clone();
         rotated.access_token = token.clone();
@@ -85,7 +99,7 @@ impl Store {
     }
 
     /// Writes the record atomically, readable only by this user (it holds the access token).
-    /// Callers hold the token lock, so two writes never share the temporary file.
+    /// Callers hold the instance's entry, so two writes never share the temporary file.
     fn write(&self, rec: &InstanceRecord) -> Result<()> {
         let path = self.path(&rec.instance_id);
         let tmp = self.dir.join(format!(".{}.json.tmp", rec.instance_id));
@@ -104,13 +118,18 @@ impl Store {
     }
 
     pub fn remove(&self, id: &InstanceId) -> Result<()> {
-        let mut tokens = self.tokens();
+        let entry = self.entry(id);
+        let mut guard = entry.as_deref().map(lock);
         match std::fs::remove_file(self.path(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(OrchestratorError::io(
                 format!("removing metadata of {id}"),
             )(e)),
             _ => {
-                tokens.remove(id);
+                // A save waiting for this entry finds it removed and writes nothing.
+                if let Some(g) = guard.as_mut() {
+                    **g = None;
+                }
+                lock(&self.entries).remove(id);
                 Ok(())
             }
         }
@@ -137,10 +156,9 @@ impl Store {
                 .map_err(OrchestratorError::io(format!("reading {}", path.display())))?;
             match serde_json::from_slice::<InstanceRecord>(&bytes) {
                 Ok(rec) => {
-                    self.tokens().insert(
-                        rec.instance_id.clone(),
-                        (rec.access_token.clone(), rec.token_generation),
-                    );
+                    let newest = Some((rec.access_token.clone(), rec.token_generation));
+                    lock(&self.entries)
+                        .insert(rec.instance_id.clone(), Arc::new(Mutex::new(newest)));
                     out.push(rec);
                 }
                 Err(e) => {
