@@ -41,6 +41,7 @@ pub mod error;
 pub mod http;
 pub mod instance;
 pub mod lifecycle;
+pub mod metrics;
 pub mod orchestrator;
 pub mod outbound;
 pub mod proxy;

@@ -9,14 +9,16 @@ use crate::http::router::{route, Route};
 use crate::http::{request_host, Body};
 use crate::shared::Shared;
 use crate::{api, proxy};
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use crate::http::request_id::{self, RequestId};
+use crate::metrics::Class;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -127,18 +129,31 @@ async fn serve_connection(
         },
         () = conn.info.close.cancelled() => return,
     };
+    let _open = sh.metrics.connection();
     let svc_conn = conn.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let sh = sh.clone();
         let conn = svc_conn.clone();
         async move {
             let _busy = conn.info.busy();
-            let mut resp = dispatch(&sh, req, peer, &conn).await;
+            let started = Instant::now();
+            let id = RequestId::next();
+            let method = req.method().clone();
+            // A second handle on the URI's bytes (a reference count), so the route can borrow
+            // its path while the request moves on.
+            let uri = req.uri().clone();
+            let (class, mut resp) = dispatch(&sh, req, &uri, peer, &conn).await;
+            let took = started.elapsed();
+            let status = resp.status();
+            sh.metrics.request(class, status.as_u16(), took);
+            access_log(id, &method, &uri, status, class, took, peer);
+            let h = resp.headers_mut();
             // Browsers that came once over HTTPS never try plain HTTP for this host again.
-            resp.headers_mut().insert(
+            h.insert(
                 header::STRICT_TRANSPORT_SECURITY,
                 HeaderValue::from_static(HSTS),
             );
+            h.insert(request_id::HEADER, id.header());
             Ok::<_, Infallible>(resp)
         }
     });
@@ -184,26 +199,59 @@ async fn watch_idle(info: Arc<ConnInfo>, limit: Duration, done: CancellationToke
     }
 }
 
+/// One line per request, under the target `access`: at debug level (`VOD_LOG=info,access=debug`
+/// shows them all), and at info when the server failed it (5xx). Only the path is ever logged:
+/// query strings may carry tokens; no header is.
+fn access_log(
+    id: RequestId,
+    method: &Method,
+    uri: &Uri,
+    status: StatusCode,
+    class: Class,
+    took: Duration,
+    peer: SocketAddr,
+) {
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "access",
+                request_id = %id,
+                method = %method,
+                path = uri.path(),
+                status = status.as_u16(),
+                class = class.as_str(),
+                duration_ms = took.as_secs_f64() * 1000.0,
+                %peer,
+                "request"
+            )
+        };
+    }
+    if status.is_server_error() {
+        line!(info);
+    } else {
+        line!(debug);
+    }
+}
+
+/// Answers one request; says which class of request it was, for the metrics.
 async fn dispatch(
     sh: &Arc<Shared>,
     req: Request<Incoming>,
+    uri: &Uri,
     peer: SocketAddr,
     conn: &Arc<Conn>,
-) -> Response<Body> {
-    // Only the path is ever logged: query strings may carry tokens.
-    tracing::debug!(method = %req.method(), path = req.uri().path(), %peer, "request");
-    // A second handle on the URI's bytes (a reference count), so the route can borrow its path
-    // while the request moves on.
-    let uri = req.uri().clone();
+) -> (Class, Response<Body>) {
     let path = uri.path();
     let site = sh.origins.site(request_host(&req));
-    match route(site, req.method(), path) {
+    let r = match route(site, req.method(), path) {
         Route::Instance { id, rest } => {
-            proxy::handle(sh, id, proxy::Target::Forward(rest), req, peer.ip(), conn).await
+            let r = proxy::handle(sh, id, proxy::Target::Forward(rest), req, peer.ip(), conn);
+            return (Class::Proxy, r.await);
         }
         Route::Own { id, page } => {
             proxy::handle(sh, id, proxy::Target::Own(page), req, peer.ip(), conn).await
         }
+        Route::Metrics => return (Class::Api, api::metrics(sh, &req, peer.ip())),
         Route::InstanceBare(id) => {
             let mut loc = format!("/instances/{id}/");
             if let Some(q) = req.uri().query() {
@@ -246,6 +294,10 @@ async fn dispatch(
         Route::NotFound => Failure::not_found("nothing here; the API is under /api/").response(),
         // Boxed: the API's futures are large and rare beside the proxy's, and every request's
         // future is as large as its largest branch.
-        api_route => Box::pin(api::handle(sh, api_route, req, peer.ip())).await,
-    }
+        api_route => {
+            let r = Box::pin(api::handle(sh, api_route, req, peer.ip())).await;
+            return (Class::Api, r);
+        }
+    };
+    (Class::Own, r)
 }

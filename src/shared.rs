@@ -1,10 +1,11 @@
 //! What every request handler shares: the lifecycle (and through it the registry and backend),
-//! the admin token, the origins, defaults, the upstream pool and the guess limiter.
+//! the admin token, the origins, defaults, the upstream pool, the guess limiter and the metrics.
 
 use crate::http::guesses::{self, Guesses};
 use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults};
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub struct Shared {
     pub guesses: Guesses,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -32,6 +34,7 @@ impl Shared {
     ) -> Self {
         let upstream = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(60));
         Self {
+            metrics: lifecycle.metrics.clone(),
             lifecycle,
             admin_token,
             origins,

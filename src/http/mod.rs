@@ -5,7 +5,9 @@ pub mod conns;
 pub mod events;
 pub mod failure;
 pub mod guesses;
+pub mod metrics;
 pub mod origin;
+pub mod request_id;
 pub mod response;
 pub mod router;
 
