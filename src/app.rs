@@ -298,7 +298,8 @@ impl App {
         let reaper = tokio::spawn(reaper.run());
         let follower = tokio::spawn(self.lifecycle.clone().follow());
         if let Some(l) = self.metrics_listener {
-            let serve = crate::http::metrics::serve_plain(l, self.shared.clone(), self.shutdown.clone());
+            let serve =
+                crate::http::metrics::serve_plain(l, self.shared.clone(), self.shutdown.clone());
             tokio::spawn(serve);
         }
         server::run(

@@ -266,7 +266,9 @@ impl Metrics {
     pub fn render(&self, instances: &[(&'static str, usize)]) -> String {
         for (state, n) in instances {
             let n = i64::try_from(*n).unwrap_or(i64::MAX);
-            self.instances.get_or_create(&vec![("state", *state)]).set(n);
+            self.instances
+                .get_or_create(&vec![("state", *state)])
+                .set(n);
         }
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.

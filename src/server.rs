@@ -4,13 +4,13 @@
 
 use crate::http::failure::Failure;
 use crate::http::origin::Site;
+use crate::http::request_id::{self, RequestId};
 use crate::http::response::{html, page, redirect};
 use crate::http::router::{route, Route};
 use crate::http::{request_host, Body};
+use crate::metrics::Class;
 use crate::shared::Shared;
 use crate::{api, proxy};
-use crate::http::request_id::{self, RequestId};
-use crate::metrics::Class;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};

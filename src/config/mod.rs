@@ -207,8 +207,9 @@ mod tests {
         assert!(ServeConfig::from_args(["--idle-timeout", "soon"]).is_err());
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.metrics_listen, None);
-        let c = ServeConfig::from_args(["--log-format", "json", "--metrics-listen", "0.0.0.0:9090"])
-            .unwrap();
+        let c =
+            ServeConfig::from_args(["--log-format", "json", "--metrics-listen", "0.0.0.0:9090"])
+                .unwrap();
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.metrics_listen, Some("0.0.0.0:9090".parse().unwrap()));
     }

@@ -70,7 +70,9 @@ pub async fn serve_plain(listener: TcpListener, sh: Arc<Shared>, shutdown: Cance
             };
             async move { Ok::<_, Infallible>(resp) }
         });
-        let conn = builder.serve_connection(TokioIo::new(tcp), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(tcp), svc)
+            .into_owned();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {

@@ -280,7 +280,15 @@ impl Orchestrator for Local {
         } else {
             UpstreamAddr::Tcp(([127, 0, 0, 1], port).into())
         };
-        if let Err(e) = wait_ready(&addr, &launch.probe_path, &mut exit_rx, &log_path, &progress).await {
+        if let Err(e) = wait_ready(
+            &addr,
+            &launch.probe_path,
+            &mut exit_rx,
+            &log_path,
+            &progress,
+        )
+        .await
+        {
             let _ = self.stop(id).await;
             return Err(e);
         }

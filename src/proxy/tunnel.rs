@@ -6,8 +6,8 @@
 //! and at the server's drain deadline, where the browser gets a close frame with status 1001
 //! ("going away") after the frame under way.
 
-use crate::metrics::Metrics;
 use super::frames::{FrameCursor, GOING_AWAY};
+use crate::metrics::Metrics;
 use crate::registry::Instance;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
