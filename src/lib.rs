@@ -4,14 +4,14 @@
 //!
 //! # Layout
 //! Arrows point down: `main → app → server → http → api | proxy → shared → lifecycle →
-//! registry, orchestrator → upstream, instance`.
+//! registry, orchestrator → upstream, instance, metrics`.
 //! - [`config`]: command line and environment → typed configuration; parsing binds nothing.
 //! - [`app`]: the composition root; builds everything and owns the shutdown token.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, idle connections closed, dispatch by
-//!   route, graceful shutdown.
+//!   route, graceful shutdown; each request timed, counted and given a request id.
 //! - [`http`]: origins and the router (pure: host and path → route), the one failure type and
 //!   its responses, the connection table (caps, idleness), the guess limiter, server-sent
-//!   events.
+//!   events, request ids, `/metrics` and its plain listener.
 //! - [`api`]: the `/api` handlers: parse, call one lifecycle method, format.
 //! - [`proxy`]: an instance's requests: token check and cookies, our own endpoints, the
 //!   starting page, forwarding and WebSocket splicing, the activity signal.
@@ -24,6 +24,8 @@
 //!   bubblewrap sandbox serving on a Unix socket) and the Kubernetes backend.
 //! - [`upstream`]: reaching instances: connections by address and the keep-alive pool.
 //! - [`instance`]: domain types validated at the edge, and the state and its transitions.
+//! - [`metrics`]: what the server counts, with handles resolved once for the data path, and
+//!   the cold start phases, which a start's progress reports in one place (the lifecycle's).
 //! - [`tls`]: rustls configuration, the local CA and certificates minted per instance host.
 //! - [`outbound`]: requests this program makes (client subcommands, downloads).
 //! - [`cli`]: the client subcommands.
