@@ -145,6 +145,7 @@ fn kube_settings(cfg: &ServeConfig) -> KubeSettings {
 
 impl App {
     pub async fn build(cfg: ServeConfig) -> Result<Self, StartupError> {
+        let trusted = cfg.trusted_proxies()?;
         let data_dir = cfg.data_dir();
         std::fs::create_dir_all(&data_dir).map_err(data_err(&data_dir))?;
         {
@@ -256,6 +257,14 @@ impl App {
             cfg.auth_failures_per_minute,
         );
         shared.tunnel_idle_timeout = cfg.tunnel_idle_timeout;
+        if !trusted.is_empty() {
+            tracing::info!(
+                %trusted,
+                proxy_protocol = cfg.proxy_protocol,
+                "clients behind these proxies are told apart by what the proxies say"
+            );
+        }
+        shared.trusted = trusted;
         shared.upstream =
             UpstreamClient::new(cfg.upstream_connect_timeout, cfg.upstream_response_timeout);
         let shared = Arc::new(shared);
@@ -315,6 +324,7 @@ impl App {
                 },
                 max_header_bytes: self.cfg.max_header_bytes,
                 drain_timeout: self.cfg.drain_timeout,
+                proxy_protocol: self.cfg.proxy_protocol,
             },
         )
         .await;

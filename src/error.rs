@@ -31,4 +31,9 @@ pub enum StartupError {
     Backend(#[from] OrchestratorError),
     #[error("the admin token must be at least 16 characters of printable ASCII")]
     WeakToken,
+    #[error(
+        "--proxy-protocol needs --trusted-proxies: name the networks of the load balancers that \
+         send the PROXY header (only their connections are expected to start with one)"
+    )]
+    ProxyProtocolUntrusted,
 }

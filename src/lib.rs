@@ -7,11 +7,13 @@
 //! registry, orchestrator → upstream, instance, metrics`.
 //! - [`config`]: command line and environment → typed configuration; parsing binds nothing.
 //! - [`app`]: the composition root; builds everything and owns the shutdown token.
-//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, idle connections closed, dispatch by
-//!   route, graceful shutdown; each request timed, counted and given a request id.
+//! - [`server`]: accept loop, the PROXY header from trusted balancers, TLS, HTTP/1.1 +
+//!   HTTP/2, idle connections closed, the client of each request, dispatch by route, graceful
+//!   shutdown; each request timed, counted and given a request id.
 //! - [`http`]: origins and the router (pure: host and path → route), the one failure type and
 //!   its responses, the connection table (caps, idleness), the guess limiter, server-sent
-//!   events, request ids, `/metrics` and its plain listener.
+//!   events, the client's address behind trusted proxies (`client_addr`: `X-Forwarded-For`;
+//!   `proxy_header`: the PROXY protocol), request ids, `/metrics` and its plain listener.
 //! - [`api`]: the `/api` handlers: parse, call one lifecycle method, format.
 //! - [`proxy`]: an instance's requests: token check and cookies, our own endpoints, the
 //!   starting page, forwarding and WebSocket splicing, the activity signal.

@@ -1,6 +1,13 @@
-//! The listener: accept within the connection caps ([`crate::http::conns`]), TLS handshake (bounded),
-//! HTTP/1.1 or HTTP/2 by ALPN with upgrades and bounded heads, idle connections closed,
-//! dispatch to the API or the proxy, and graceful shutdown with a drain deadline.
+//! The listener: accept within the connection caps ([`crate::http::conns`]), the PROXY protocol
+//! header from trusted balancers ([`crate::http::proxy_header`]) and the TLS handshake (bounded
+//! together), HTTP/1.1 or HTTP/2 by ALPN with upgrades and bounded heads, idle connections
+//! closed, each request's client ([`crate::http::client_addr`]), dispatch to the API or the
+//! proxy, and graceful shutdown with a drain deadline.
+//!
+//! Per-client limits and the client: a connection from an untrusted peer is its peer's, held to
+//! its share at accept. One from a trusted proxy carries many clients: it counts against the
+//! total only, and each request's client comes from `X-Forwarded-For`; with `--proxy-protocol`
+//! the header names the connection's one client, which is then held to its share too.
 
 use crate::http::failure::Failure;
 use crate::http::origin::Site;
@@ -16,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -24,10 +31,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::conns::{Conn, ConnInfo, ConnLimits, Conns};
+use crate::http::proxy_header;
 
 /// A year; not `includeSubDomains`, which would bind hosts under the public name that this
 /// server does not serve.
 const HSTS: &str = "max-age=31536000";
+/// The TLS handshake, and a PROXY protocol header before it, must be done within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slow headers: a request head must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,6 +46,8 @@ pub struct ServerLimits {
     /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list); larger ones get 431.
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
+    /// Connections from trusted proxies start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// Serves until `shutdown` is cancelled, then lets open requests finish for up to the drain
@@ -48,7 +59,6 @@ pub async fn run(
     shutdown: CancellationToken,
     limits: ServerLimits,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let conns = Conns::new(limits.conns, shutdown.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -63,7 +73,13 @@ pub async fn run(
         .keep_alive_interval(Duration::from_secs(30))
         .max_concurrent_streams(256)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let front = Arc::new(Front {
+        acceptor: TlsAcceptor::from(tls),
+        builder,
+        idle: conns.limits().idle,
+        proxy_protocol: limits.proxy_protocol,
+        sh,
+    });
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -78,19 +94,16 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         };
         // At the total cap this waits for a place (an idle connection is closed to make one if
-        // there is any), so the listener's backlog absorbs the rest.
-        let Some(conn) = conns.admit(peer.ip()).await else {
+        // there is any), so the listener's backlog absorbs the rest. A trusted proxy's
+        // connection carries many clients: it counts against the total only (until a PROXY
+        // header names its one client).
+        let trusted = front.sh.trusted.contains(peer.ip());
+        let Some(conn) = conns.admit((!trusted).then_some(peer.ip())).await else {
             tracing::debug!(%peer, "connection refused: this client holds its share");
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let sh = sh.clone();
-        let builder = builder.clone();
-        let idle = conns.limits().idle;
-        tokio::spawn(serve_connection(
-            tcp, peer, conn, idle, acceptor, sh, builder,
-        ));
+        tokio::spawn(serve_connection(tcp, peer, trusted, conn, front.clone()));
     }
     drop(listener);
     if tokio::time::timeout(limits.drain_timeout, conns.drained())
@@ -107,30 +120,72 @@ pub async fn run(
     }
 }
 
+/// What every connection shares.
+struct Front {
+    acceptor: TlsAcceptor,
+    builder: auto::Builder<TokioExecutor>,
+    /// A connection with nothing in flight this long is closed.
+    idle: Duration,
+    /// Connections from trusted proxies start with a PROXY protocol header.
+    proxy_protocol: bool,
+    sh: Arc<Shared>,
+}
+
+/// The connection's address (the PROXY header's source, else the peer), with its client held
+/// to its share, then the TLS handshake.
+async fn open(
+    mut tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    trusted: bool,
+    conn: &Conn,
+    front: &Front,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    IpAddr,
+)> {
+    let mut addr = peer.ip();
+    if trusted && front.proxy_protocol {
+        match proxy_header::read(&mut tcp).await {
+            Ok(source) => addr = source.unwrap_or(addr),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection closed: no PROXY protocol header");
+                return None;
+            }
+        }
+        if !front.sh.trusted.contains(addr) && !conn.assign(addr) {
+            tracing::debug!(%peer, client = %addr, "connection refused: the client holds its share");
+            return None;
+        }
+    }
+    match front.acceptor.accept(tcp).await {
+        Ok(tls) => Some((tls, addr)),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
 /// One client connection: TLS, then HTTP until the client leaves, it stays idle too long, or
 /// it is asked to close (to make room, or at shutdown).
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    trusted: bool,
     conn: Arc<Conn>,
-    idle_limit: Duration,
-    acceptor: TlsAcceptor,
-    sh: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    front: Arc<Front>,
 ) {
-    let tls = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
+    let opening = open(tcp, peer, trusted, &conn, &front);
+    let (tls, addr) = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, opening) => match r {
+            Ok(Some(opened)) => opened,
+            _ => return,
         },
         () = conn.info.close.cancelled() => return,
     };
-    let _open = sh.metrics.connection();
+    let _open = front.sh.metrics.connection();
     let svc_conn = conn.clone();
+    let sh = front.sh.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let sh = sh.clone();
         let conn = svc_conn.clone();
@@ -142,11 +197,11 @@ async fn serve_connection(
             // A second handle on the URI's bytes (a reference count), so the route can borrow
             // its path while the request moves on.
             let uri = req.uri().clone();
-            let (class, mut resp) = dispatch(&sh, req, &uri, peer, &conn).await;
+            let (class, client, mut resp) = dispatch(&sh, req, &uri, addr, &conn).await;
             let took = started.elapsed();
             let status = resp.status();
             sh.metrics.request(class, status.as_u16(), took);
-            access_log(id, &method, &uri, status, class, took, peer);
+            access_log(id, &method, &uri, status, class, took, peer, client);
             let h = resp.headers_mut();
             // Browsers that came once over HTTPS never try plain HTTP for this host again.
             h.insert(
@@ -157,14 +212,16 @@ async fn serve_connection(
             Ok::<_, Infallible>(resp)
         }
     });
-    let http = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    let http = front
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), svc);
     tokio::pin!(http);
     // Idleness is watched from a task of its own, which asks the connection to close like an
     // eviction does: the connection's own polling, once per request and more, stays as cheap
     // as waiting for that one signal.
     let watch_done = CancellationToken::new();
     let _stop_watch = watch_done.clone().drop_guard();
-    tokio::spawn(watch_idle(conn.info.clone(), idle_limit, watch_done));
+    tokio::spawn(watch_idle(conn.info.clone(), front.idle, watch_done));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -210,6 +267,7 @@ fn access_log(
     class: Class,
     took: Duration,
     peer: SocketAddr,
+    client: IpAddr,
 ) {
     macro_rules! line {
         ($level:ident) => {
@@ -222,6 +280,7 @@ fn access_log(
                 class = class.as_str(),
                 duration_ms = took.as_secs_f64() * 1000.0,
                 %peer,
+                %client,
                 "request"
             )
         };
@@ -233,25 +292,28 @@ fn access_log(
     }
 }
 
-/// Answers one request; says which class of request it was, for the metrics.
+/// Serves one request. `addr` is the connection's address (see [`open`]); the client is
+/// found from it and the request's headers. Says which class of request it was, for the
+/// metrics, and who the client was, for the log.
 async fn dispatch(
     sh: &Arc<Shared>,
     req: Request<Incoming>,
     uri: &Uri,
-    peer: SocketAddr,
+    addr: IpAddr,
     conn: &Arc<Conn>,
-) -> (Class, Response<Body>) {
+) -> (Class, IpAddr, Response<Body>) {
+    let client = sh.trusted.resolve(addr, req.headers());
     let path = uri.path();
     let site = sh.origins.site(request_host(&req));
     let r = match route(site, req.method(), path) {
         Route::Instance { id, rest } => {
-            let r = proxy::handle(sh, id, proxy::Target::Forward(rest), req, peer.ip(), conn);
-            return (Class::Proxy, r.await);
+            let r = proxy::handle(sh, id, proxy::Target::Forward(rest), req, &client, conn);
+            return (Class::Proxy, client.ip, r.await);
         }
         Route::Own { id, page } => {
-            proxy::handle(sh, id, proxy::Target::Own(page), req, peer.ip(), conn).await
+            proxy::handle(sh, id, proxy::Target::Own(page), req, &client, conn).await
         }
-        Route::Metrics => return (Class::Api, api::metrics(sh, &req, peer.ip())),
+        Route::Metrics => return (Class::Api, client.ip, api::metrics(sh, &req, client.ip)),
         Route::InstanceBare(id) => {
             let mut loc = format!("/instances/{id}/");
             if let Some(q) = req.uri().query() {
@@ -295,9 +357,9 @@ async fn dispatch(
         // Boxed: the API's futures are large and rare beside the proxy's, and every request's
         // future is as large as its largest branch.
         api_route => {
-            let r = Box::pin(api::handle(sh, api_route, req, peer.ip())).await;
-            return (Class::Api, r);
+            let r = Box::pin(api::handle(sh, api_route, req, client.ip)).await;
+            return (Class::Api, client.ip, r);
         }
     };
-    (Class::Own, r)
+    (Class::Own, client.ip, r)
 }

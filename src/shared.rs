@@ -1,6 +1,8 @@
 //! What every request handler shares: the lifecycle (and through it the registry and backend),
-//! the admin token, the origins, defaults, the upstream pool, the guess limiter and the metrics.
+//! the admin token, the origins, defaults, the upstream pool, the guess limiter, the trusted
+//! proxies and the metrics.
 
+use crate::http::client_addr::TrustedProxies;
 use crate::http::guesses::{self, Guesses};
 use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults};
@@ -22,6 +24,8 @@ pub struct Shared {
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Load balancers whose word on who the client is counts.
+    pub trusted: TrustedProxies,
 }
 
 impl Shared {
@@ -42,6 +46,7 @@ impl Shared {
             upstream,
             guesses: Guesses::new(auth_failures_per_minute, guesses::TABLE_SIZE),
             tunnel_idle_timeout: Duration::from_secs(600),
+            trusted: TrustedProxies::default(),
         }
     }
 }

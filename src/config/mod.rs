@@ -1,13 +1,15 @@
 //! Command line and environment → typed configuration. Parsing binds nothing and reads no
-//! files; tests build these structs from argument vectors.
+//! files; tests build these structs from argument vectors. The client subcommands' arguments
+//! are in `client`.
 
-mod serve;
-
-pub use serve::{LogFormat, ServeConfig};
-
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod client;
+mod serve;
+pub use client::{ClientConfig, CreateArgs, InstanceArgs, KeepaliveArgs};
+pub use serve::{LogFormat, ServeConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,79 +110,6 @@ pub fn default_data_dir() -> PathBuf {
     base.join("vscode-on-demand")
 }
 
-/// How a client subcommand reaches the server.
-#[derive(Debug, Clone, Args)]
-pub struct ClientConfig {
-    /// Base URL of the server [default: the local server recorded in the data directory, else
-    /// https://localhost:8443].
-    #[arg(long, env = "VOD_API_URL", global = true)]
-    pub api_url: Option<String>,
-    /// API token [default: <data-dir>/admin-token].
-    #[arg(long, env = "VOD_API_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
-    /// CA certificate to trust [default: the local server's CA, else the system's roots].
-    #[arg(long, env = "VOD_CA_CERT", global = true)]
-    pub ca_cert: Option<PathBuf>,
-    /// Data directory of a local server, to find its URL, CA and token.
-    #[arg(long, env = "VOD_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// Print the server's JSON instead of text.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct InstanceArgs {
-    #[arg(long)]
-    pub instance_id: String,
-    #[command(flatten)]
-    pub client: ClientConfig,
-}
-
-#[derive(Debug, Args)]
-pub struct KeepaliveArgs {
-    #[arg(long)]
-    pub instance_id: String,
-    /// Busy for this long from now (e.g. 2h).
-    #[arg(long, value_parser = duration, conflicts_with = "busy_until")]
-    pub busy_for: Option<Duration>,
-    /// Busy until this time: Unix seconds or RFC 3339 (e.g. 2030-01-01T12:00:00Z).
-    #[arg(long)]
-    pub busy_until: Option<String>,
-    #[command(flatten)]
-    pub client: ClientConfig,
-}
-
-#[derive(Debug, Args)]
-pub struct CreateArgs {
-    #[arg(long)]
-    pub user_id: String,
-    /// Base image (Kubernetes backend), e.g. mcr.microsoft.com/devcontainers/python:1-3.12.
-    #[arg(long)]
-    pub base_image: Option<String>,
-    #[arg(long)]
-    pub vscode_version: Option<String>,
-    /// Workspace storage size, e.g. 5Gi.
-    #[arg(long = "storage")]
-    pub storage_size: Option<String>,
-    #[arg(long)]
-    pub memory_request: Option<String>,
-    #[arg(long)]
-    pub memory_limit: Option<String>,
-    #[arg(long)]
-    pub cpu_request: Option<String>,
-    #[arg(long)]
-    pub cpu_limit: Option<String>,
-    /// Seconds without activity before the instance is stopped.
-    #[arg(long)]
-    pub idle_timeout: Option<u64>,
-    /// Seconds before an idle stop that open pages show a notice (0: none).
-    #[arg(long)]
-    pub idle_notice: Option<u64>,
-    #[command(flatten)]
-    pub client: ClientConfig,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,12 +134,39 @@ mod tests {
         assert_eq!(c.sandbox, SandboxMode::Bwrap);
         assert!(ServeConfig::from_args(["--sandbox", "chroot"]).is_err());
         assert!(ServeConfig::from_args(["--idle-timeout", "soon"]).is_err());
-        assert_eq!(c.log_format, LogFormat::Text);
-        assert_eq!(c.metrics_listen, None);
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_proxy_protocol() {
+        use std::net::IpAddr;
+        let c = ServeConfig::from_args(["--listen", "127.0.0.1:0"]).unwrap();
+        assert!(c.trusted_proxies().unwrap().is_empty() && !c.proxy_protocol);
+        let c = ServeConfig::from_args(["--trusted-proxies", "10.0.0.0/8, 192.0.2.7,::1"]).unwrap();
+        let t = c.trusted_proxies().unwrap();
+        assert_eq!(t.to_string(), "10.0.0.0/8,192.0.2.7/32,::1/128");
+        for (ip, trusted) in [
+            ("10.9.8.7", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("::1", true),
+        ] {
+            assert_eq!(t.contains(ip.parse::<IpAddr>().unwrap()), trusted, "{ip}");
+        }
+        let err = ServeConfig::from_args(["--trusted-proxies", "10.0.0.0/8,lb"]).unwrap_err();
+        assert!(err.to_string().contains("`lb` is not a network"), "{err}");
+        assert!(ServeConfig::from_args(["--trusted-proxies", ""])
+            .unwrap()
+            .trusted_proxies()
+            .unwrap()
+            .is_empty());
+        let c = ServeConfig::from_args(["--proxy-protocol"]).unwrap();
+        let err = c.trusted_proxies().unwrap_err().to_string();
+        assert!(
+            err.contains("--proxy-protocol needs --trusted-proxies"),
+            "{err}"
+        );
         let c =
-            ServeConfig::from_args(["--log-format", "json", "--metrics-listen", "0.0.0.0:9090"])
-                .unwrap();
-        assert_eq!(c.log_format, LogFormat::Json);
-        assert_eq!(c.metrics_listen, Some("0.0.0.0:9090".parse().unwrap()));
+            ServeConfig::from_args(["--proxy-protocol", "--trusted-proxies", "10.0.0.1"]).unwrap();
+        assert!(c.proxy_protocol && !c.trusted_proxies().unwrap().is_empty());
     }
 }

@@ -1,6 +1,8 @@
 //! `serve`'s configuration: listener, routing, backends, limits, logs and metrics.
 
 use super::{default_data_dir, duration, Backend};
+use crate::error::StartupError;
+use crate::http::client_addr::TrustedProxies;
 use crate::http::origin::RoutingMode;
 use crate::orchestrator::runtime::{RuntimeConfig, RuntimeKind};
 use crate::orchestrator::sandbox::SandboxMode;
@@ -87,7 +89,9 @@ pub struct ServeConfig {
     #[arg(long, env = "VOD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Most simultaneous connections from one client address (IPv6: one /64); at the limit its
-    /// longest-idle connection is closed to make room, else the new one is refused.
+    /// longest-idle connection is closed to make room, else the new one is refused. Connections
+    /// from --trusted-proxies carry many clients and are exempt; with --proxy-protocol the
+    /// client their header names is held to this.
     #[arg(long, env = "VOD_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 512)]
     pub max_connections_per_client: usize,
     /// A client connection with no request in flight is closed after this long (before its
@@ -120,6 +124,21 @@ pub struct ServeConfig {
     /// Failed token checks allowed per client address per minute before 429.
     #[arg(long, env = "VOD_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
     pub auth_failures_per_minute: u32,
+    /// Load balancers trusted to say who the client is: networks or addresses, comma-separated
+    /// (e.g. 10.0.0.0/8,2001:db8::/32). A request over a connection from one counts against
+    /// the client that X-Forwarded-For names (the right-most address not itself trusted; a
+    /// malformed entry: the balancer) for --auth-failures-per-minute, and such connections
+    /// are exempt from --max-connections-per-client, as one balancer carries many clients.
+    /// Everyone else's X-Forwarded-For is ignored [default: none].
+    #[arg(long, env = "VOD_TRUSTED_PROXIES", value_name = "CIDR,...",
+          value_parser = TrustedProxies::parse, default_value = "", hide_default_value = true)]
+    pub trusted_proxies: TrustedProxies,
+    /// Connections from --trusted-proxies start with a PROXY protocol header (version 1 or 2)
+    /// naming the client, before TLS; one without a valid header within 10 s is closed. The
+    /// named client is held to --max-connections-per-client and --auth-failures-per-minute.
+    /// Needs --trusted-proxies; other peers connect without a header.
+    #[arg(long, env = "VOD_PROXY_PROTOCOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub proxy_protocol: bool,
     /// Kubernetes namespace of this server: the reaper Lease lives here (kube backend).
     #[arg(long, env = "VOD_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -191,6 +210,14 @@ impl ServeConfig {
         let argv = std::iter::once(std::ffi::OsString::from("serve"))
             .chain(args.into_iter().map(Into::into));
         Wrap::try_parse_from(argv).map(|w| w.serve)
+    }
+
+    /// The trusted proxies; `--proxy-protocol` needs some, as only they send the header.
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, StartupError> {
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(StartupError::ProxyProtocolUntrusted);
+        }
+        Ok(self.trusted_proxies.clone())
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -4,6 +4,10 @@
 //!
 //! A connection's entry lives as long as its [`Conn`] handle; an upgraded (WebSocket) tunnel
 //! keeps a clone, so tunnels count against the caps and are never taken for idle.
+//!
+//! A connection counts against its client's share once its client is known: at accept (the
+//! peer), after a PROXY protocol header ([`Conn::assign`]), or never, for a connection from a
+//! trusted proxy that relays many clients (it counts against the total only).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -44,7 +48,6 @@ const FRESH_GRACE: Duration = Duration::from_secs(10);
 
 /// What the table knows of one connection.
 pub struct ConnInfo {
-    client: ClientKey,
     inflight: AtomicUsize,
     /// Whether a request has finished on it (it is then a keep-alive connection).
     served: AtomicBool,
@@ -90,25 +93,44 @@ impl Drop for Busy {
     }
 }
 
+/// One open connection in the table: who it counts against (none: the total only).
+struct Entry {
+    info: Arc<ConnInfo>,
+    client: Option<ClientKey>,
+}
+
 #[derive(Default)]
 struct Table {
     next: u64,
-    open: HashMap<u64, Arc<ConnInfo>>,
+    open: HashMap<u64, Entry>,
     per_client: HashMap<ClientKey, usize>,
 }
 
 impl Table {
     fn remove(&mut self, id: u64) -> bool {
-        let Some(info) = self.open.remove(&id) else {
+        let Some(entry) = self.open.remove(&id) else {
             return false;
         };
-        if let Some(n) = self.per_client.get_mut(&info.client) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_client.remove(&info.client);
-            }
+        if let Some(client) = entry.client {
+            self.uncount(client);
         }
         true
+    }
+
+    fn uncount(&mut self, client: ClientKey) {
+        if let Some(n) = self.per_client.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&client);
+            }
+        }
+    }
+
+    /// Whether `client` may have one more connection: below its share, or one of its own idle
+    /// connections was asked to close to make room.
+    fn room_for(&mut self, client: ClientKey, max: usize) -> bool {
+        let mine = self.per_client.get(&client).copied().unwrap_or(0);
+        mine < max || self.evict_idle(Some(client))
     }
 
     /// Asks the longest-idle connection (of `client`, if given) to close and takes it out of
@@ -118,7 +140,8 @@ impl Table {
         let victim = self
             .open
             .iter()
-            .filter(|(_, c)| client.is_none_or(|k| c.client == k))
+            .filter(|(_, e)| client.is_none_or(|k| e.client == Some(k)))
+            .map(|(id, e)| (id, &e.info))
             .filter(|(_, c)| {
                 c.served.load(Ordering::Relaxed)
                     || c.now_ms().saturating_sub(c.opened_ms) >= FRESH_GRACE.as_millis() as u64
@@ -128,8 +151,8 @@ impl Table {
         let Some((id, _)) = victim else {
             return false;
         };
-        if let Some(info) = self.open.get(&id) {
-            info.close.cancel();
+        if let Some(e) = self.open.get(&id) {
+            e.info.close.cancel();
         }
         self.remove(id)
     }
@@ -149,6 +172,36 @@ pub struct Conn {
     conns: Arc<Conns>,
     id: u64,
     pub info: Arc<ConnInfo>,
+}
+
+impl Conn {
+    /// Counts this connection against `ip`'s share from now on (its client became known after
+    /// accept). At the share, the client's own idle connection makes room; else false, and the
+    /// connection should be closed.
+    pub fn assign(&self, ip: IpAddr) -> bool {
+        let client = ClientKey::of(ip);
+        let mut t = self.conns.table();
+        let Some(previous) = t.open.get(&self.id).map(|e| e.client) else {
+            return false;
+        };
+        if previous == Some(client) {
+            return true;
+        }
+        if let Some(p) = previous {
+            t.uncount(p);
+        }
+        if let Some(e) = t.open.get_mut(&self.id) {
+            e.client = None;
+        }
+        if !t.room_for(client, self.conns.limits.max_per_client) {
+            return false;
+        }
+        if let Some(e) = t.open.get_mut(&self.id) {
+            e.client = Some(client);
+            *t.per_client.entry(client).or_default() += 1;
+        }
+        true
+    }
 }
 
 impl Drop for Conn {
@@ -193,25 +246,26 @@ impl Conns {
         self.len() == 0
     }
 
-    /// A place for a new connection from `ip`. At the per-client cap the client's own idle
-    /// connection makes room, else the new one is refused (`None`); at the total cap the
-    /// longest-idle connection makes room, else this waits until one closes.
-    pub async fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Arc<Conn>> {
-        let client = ClientKey::of(ip);
+    /// A place for a new connection from `ip` (`None`: a client not known yet, counted
+    /// against the total only). At the per-client cap the client's own idle connection makes
+    /// room, else the new one is refused (`None`); at the total cap the longest-idle
+    /// connection makes room, else this waits until one closes.
+    pub async fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Arc<Conn>> {
+        let client = ip.map(ClientKey::of);
         loop {
             let freed = self.freed.notified();
             {
                 let mut t = self.table();
-                let mine = t.per_client.get(&client).copied().unwrap_or(0);
-                if mine >= self.limits.max_per_client && !t.evict_idle(Some(client)) {
-                    return None;
+                if let Some(client) = client {
+                    if !t.room_for(client, self.limits.max_per_client) {
+                        return None;
+                    }
                 }
                 if t.open.len() < self.limits.max_total || t.evict_idle(None) {
                     let id = t.next;
                     t.next += 1;
                     let now = self.epoch.elapsed().as_millis() as u64;
                     let info = Arc::new(ConnInfo {
-                        client,
                         inflight: AtomicUsize::new(0),
                         served: AtomicBool::new(false),
                         opened_ms: now,
@@ -220,8 +274,16 @@ impl Conns {
                         going_away: self.going_away.clone(),
                         epoch: self.epoch,
                     });
-                    t.open.insert(id, info.clone());
-                    *t.per_client.entry(client).or_default() += 1;
+                    t.open.insert(
+                        id,
+                        Entry {
+                            info: info.clone(),
+                            client,
+                        },
+                    );
+                    if let Some(client) = client {
+                        *t.per_client.entry(client).or_default() += 1;
+                    }
                     return Some(Arc::new(Conn {
                         conns: self.clone(),
                         id,
@@ -281,12 +343,15 @@ mod tests {
     async fn idle_connections_make_room_busy_ones_do_not() {
         let conns = Conns::new(limits(2, 2), CancellationToken::new());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let a = conns.admit(ip).await.unwrap();
+        let a = conns.admit(Some(ip)).await.unwrap();
         drop(a.info.busy());
-        let b = conns.admit(ip).await.unwrap();
+        let b = conns.admit(Some(ip)).await.unwrap();
         let _busy_b = b.info.busy();
         // Another client at the total cap: A is idle, so it is asked to close and replaced.
-        let c = conns.admit("192.0.2.2".parse().unwrap()).await.unwrap();
+        let c = conns
+            .admit(Some("192.0.2.2".parse().unwrap()))
+            .await
+            .unwrap();
         assert!(a.info.close.is_cancelled());
         assert!(!b.info.close.is_cancelled());
         assert_eq!(conns.len(), 2);
@@ -294,23 +359,44 @@ mod tests {
         assert_eq!(conns.len(), 2, "an evicted connection is not counted twice");
         // B is busy and C belongs to someone else: the first client's third connection waits.
         let _busy_c = c.info.busy();
-        let waiting = tokio::time::timeout(Duration::from_millis(50), conns.admit(ip)).await;
+        let waiting = tokio::time::timeout(Duration::from_millis(50), conns.admit(Some(ip))).await;
         assert!(waiting.is_err());
         drop(_busy_c);
         drop(c);
-        assert!(conns.admit(ip).await.is_some());
+        assert!(conns.admit(Some(ip)).await.is_some());
     }
 
     #[tokio::test]
     async fn one_client_is_held_to_its_share() {
         let conns = Conns::new(limits(10, 1), CancellationToken::new());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let a = conns.admit(ip).await.unwrap();
+        let a = conns.admit(Some(ip)).await.unwrap();
         let _busy = a.info.busy();
         assert!(
-            conns.admit(ip).await.is_none(),
+            conns.admit(Some(ip)).await.is_none(),
             "no idle one of its own to replace"
         );
-        assert!(conns.admit("192.0.2.2".parse().unwrap()).await.is_some());
+        assert!(conns
+            .admit(Some("192.0.2.2".parse().unwrap()))
+            .await
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn a_client_known_after_accept_is_held_to_its_share_then() {
+        let conns = Conns::new(limits(10, 1), CancellationToken::new());
+        let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        // Unassigned connections (a balancer's) count against the total only.
+        let first = conns.admit(None).await.unwrap();
+        let second = conns.admit(None).await.unwrap();
+        let _busy = (first.info.busy(), second.info.busy());
+        assert!(first.assign(a));
+        assert!(first.assign(a), "assigning again changes nothing");
+        assert!(!second.assign(a), "a's share is taken by a busy connection");
+        assert!(second.assign(b));
+        drop(first);
+        let third = conns.admit(None).await.unwrap();
+        assert!(third.assign(a), "a's place was given back");
+        assert_eq!(conns.len(), 2);
     }
 }

@@ -1,12 +1,16 @@
 //! HTTP plumbing shared by the API and the proxy: the body type, origins, the router, and
-//! responses.
+//! responses; and the front door's bookkeeping of clients: who a client is behind trusted
+//! proxies ([`client_addr`]: `X-Forwarded-For`; [`proxy_header`]: the PROXY protocol), its
+//! connections ([`conns`]) and its failed token checks ([`guesses`]).
 
+pub mod client_addr;
 pub mod conns;
 pub mod events;
 pub mod failure;
 pub mod guesses;
 pub mod metrics;
 pub mod origin;
+pub mod proxy_header;
 pub mod request_id;
 pub mod response;
 pub mod router;

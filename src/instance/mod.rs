@@ -4,6 +4,8 @@
 //! see an unchecked id, quantity or image reference. No HTTP, no Kubernetes, no processes here.
 
 mod checks;
+#[cfg(test)]
+mod fixture;
 mod status;
 mod token;
 mod upstream;

@@ -108,28 +108,15 @@ mod tests {
     //! access token.
 
     use super::*;
-    use crate::instance::{
-        AccessToken, CreateRequest, InstanceId, InstanceRecord, SpecDefaults, Upstream,
-    };
+    use crate::instance::{AccessToken, InstanceId, InstanceRecord, Upstream};
     use crate::lifecycle::test_lifecycle;
     use crate::registry::Registry;
 
     fn record(stop_reason: Option<StopReason>) -> InstanceRecord {
-        let (user, spec) = CreateRequest {
-            user_id: "alice".into(),
-            ..Default::default()
-        }
-        .validate(&SpecDefaults::default())
-        .unwrap();
         InstanceRecord {
             instance_id: InstanceId::parse("alice-0000000a").unwrap(),
-            user_id: user,
-            spec,
-            access_token: AccessToken::generate(),
-            token_generation: 0,
-            created_at: 0,
-            last_activity_ms: 0,
             stop_reason,
+            ..InstanceRecord::for_tests("alice")
         }
     }
 

@@ -85,7 +85,6 @@ mod tests {
     //! directory; nothing is started, instances are put in `Running` directly).
 
     use super::*;
-    use crate::instance::{AccessToken, CreateRequest, InstanceId, SpecDefaults, UserId};
     use crate::registry::{Clock, Instance, Registry};
     use tokio::time::{sleep, Instant};
 
@@ -112,24 +111,11 @@ mod tests {
     }
 
     async fn running(lc: &Lifecycle) -> Arc<Instance> {
-        let user = UserId::parse("alice").unwrap();
-        let (_, spec) = CreateRequest {
-            user_id: "alice".into(),
-            idle_timeout: Some(TIMEOUT.as_secs()),
-            ..Default::default()
-        }
-        .validate(&SpecDefaults::default())
-        .unwrap();
-        let rec = crate::instance::InstanceRecord {
-            instance_id: InstanceId::generate(&user),
-            user_id: user,
-            spec,
-            access_token: AccessToken::generate(),
-            token_generation: 0,
-            created_at: 0,
+        let mut rec = crate::instance::InstanceRecord {
             last_activity_ms: lc.registry.now_ms(),
-            stop_reason: None,
+            ..crate::instance::InstanceRecord::for_tests("alice")
         };
+        rec.spec.idle_timeout_secs = TIMEOUT.as_secs();
         lc.orchestrator.create(&rec).await.unwrap();
         let inst = lc.registry.instance(rec);
         let upstream = crate::instance::Upstream {

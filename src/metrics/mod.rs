@@ -18,8 +18,8 @@ use std::time::Duration;
 
 mod cold_start;
 
-pub use cold_start::{ColdStart, FirstByte, Phase};
 use cold_start::PHASES;
+pub use cold_start::{ColdStart, FirstByte, Phase};
 
 type Labels = Vec<(&'static str, &'static str)>;
 

@@ -175,24 +175,11 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instance::{CreateRequest, SpecDefaults};
 
     fn record() -> InstanceRecord {
-        let (user, spec) = CreateRequest {
-            user_id: "alice".into(),
-            ..Default::default()
-        }
-        .validate(&SpecDefaults::default())
-        .unwrap();
         InstanceRecord {
-            instance_id: InstanceId::generate(&user),
-            user_id: user,
-            spec,
-            access_token: AccessToken::generate(),
-            token_generation: 0,
-            created_at: 0,
             last_activity_ms: 1,
-            stop_reason: None,
+            ..InstanceRecord::for_tests("alice")
         }
     }
 

@@ -4,6 +4,7 @@
 
 use super::auth::Authorized;
 use super::{activity, auth, headers, inject, secret, tunnel};
+use crate::http::client_addr::ClientAddr;
 use crate::http::conns::Conn;
 use crate::http::failure::Failure;
 use crate::http::{Body, BoxError};
@@ -18,7 +19,6 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -38,7 +38,7 @@ fn upstream_request(
     id: &str,
     rest: &str,
     req: Request<Incoming>,
-    peer: IpAddr,
+    client: &ClientAddr,
     upgrade: bool,
 ) -> Result<Request<Incoming>, Response<Body>> {
     let host = host_value(&req);
@@ -61,7 +61,7 @@ fn upstream_request(
     if let Some(secret) = &upstream.secret {
         secret::add(&mut parts.headers, secret);
     }
-    headers::set_forwarded(&mut parts.headers, peer, host.as_ref());
+    headers::set_forwarded(&mut parts.headers, client, host.as_ref());
     // The instance sees the host the browser used, so its own origin checks agree with ours;
     // a request without one (HTTP/1.0) names the instance's address, as a client of it would.
     let host = host.unwrap_or_else(|| match &upstream.addr {
@@ -104,14 +104,14 @@ pub async fn forward(
     upstream: Upstream,
     rest: &str,
     req: Request<Incoming>,
-    peer: IpAddr,
+    client: &ClientAddr,
     source: Source,
 ) -> Response<Body> {
     // Work keeps the instance busy until its response is sent; a page's background traffic
     // does not.
     let guard = source.is_activity().then(|| inst.activity());
     let script_tag = (source == Source::Navigation).then(|| activity::script_tag(inst.id.as_str()));
-    let mut req = match upstream_request(&upstream, inst.id.as_str(), rest, req, peer, false) {
+    let mut req = match upstream_request(&upstream, inst.id.as_str(), rest, req, client, false) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -184,12 +184,12 @@ pub async fn forward_upgrade(
     upstream: Upstream,
     rest: &str,
     mut req: Request<Incoming>,
-    peer: IpAddr,
+    client: &ClientAddr,
     conn: Arc<Conn>,
 ) -> Response<Body> {
     let Authorized { inst, credential } = authorized;
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let req = match upstream_request(&upstream, inst.id.as_str(), rest, req, peer, true) {
+    let req = match upstream_request(&upstream, inst.id.as_str(), rest, req, client, true) {
         Ok(r) => r,
         Err(r) => return r,
     };

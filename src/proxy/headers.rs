@@ -1,6 +1,7 @@
 //! Header rewriting between client and instance: hop-by-hop headers removed, `X-Forwarded-*`
 //! set, our cookie stripped.
 
+use crate::http::client_addr::ClientAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
@@ -94,10 +95,16 @@ pub fn write_u16(buf: &mut [u8], v: u16) -> usize {
     len
 }
 
-/// Sets `X-Forwarded-For/Proto/Host`. We are the edge, so values from the client are replaced,
-/// not trusted.
-pub fn set_forwarded(h: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
-    h.insert(HeaderName::from_static("x-forwarded-for"), ip_value(peer));
+/// Sets `X-Forwarded-For/Proto/Host`, replacing what the client sent. `X-Forwarded-For` is the
+/// client's address, or, for a request a trusted proxy relayed, the part of its chain this
+/// server vouches for (the client, trusted hops, the proxy; see [`ClientAddr`]): never what
+/// the client wrote itself.
+pub fn set_forwarded(h: &mut HeaderMap, client: &ClientAddr, host: Option<&HeaderValue>) {
+    let chain = match client.chain() {
+        Some(chain) => chain.clone(),
+        None => ip_value(client.ip),
+    };
+    h.insert(HeaderName::from_static("x-forwarded-for"), chain);
     h.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("https"),

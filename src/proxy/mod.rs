@@ -14,6 +14,7 @@ mod pages;
 mod secret;
 mod tunnel;
 
+use crate::http::client_addr::ClientAddr;
 use crate::http::conns::Conn;
 use crate::http::failure::Failure;
 use crate::http::response::redirect;
@@ -45,12 +46,12 @@ pub async fn handle(
     id: &str,
     target: Target<'_>,
     req: Request<Incoming>,
-    peer: IpAddr,
+    client: &ClientAddr,
     conn: &Arc<Conn>,
 ) -> Response<Body> {
     let websocket = headers::is_websocket(req.headers());
     let source = Source::of(req.method(), req.headers(), websocket);
-    let authorized = match authenticate(sh, id, &req, peer, source) {
+    let authorized = match authenticate(sh, id, &req, client.ip, source) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -84,14 +85,14 @@ pub async fn handle(
             upstream,
             rest,
             req,
-            peer,
+            client,
             conn.clone(),
         ))
         .await;
         inst.first_byte.responded();
         r
     } else {
-        let r = forward::forward(sh, inst, upstream, rest, req, peer, source).await;
+        let r = forward::forward(sh, inst, upstream, rest, req, client, source).await;
         inst.first_byte.responded();
         r
     }

@@ -9,9 +9,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 
@@ -47,13 +48,34 @@ where
 
 impl Server {
     pub async fn connect(&self, alpn: &[u8]) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        self.tls_over(tcp, alpn).await.unwrap()
+    }
+
+    /// A TCP connection to the server from `local`, an address of this machine (another
+    /// loopback address, say), so that the server sees that peer.
+    pub async fn tcp_from(&self, local: IpAddr) -> TcpStream {
+        let socket = match local {
+            IpAddr::V4(_) => TcpSocket::new_v4(),
+            IpAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        socket.connect(self.addr).await.unwrap()
+    }
+
+    /// The TLS handshake on a connection the caller opened (and may have written to already,
+    /// as a PROXY protocol header); an error when the server refuses or closes it.
+    pub async fn tls_over(
+        &self,
+        tcp: TcpStream,
+        alpn: &[u8],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         let mut cfg = (*self.tls).clone();
         cfg.alpn_protocols = vec![alpn.to_vec()];
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
         tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect("localhost".try_into().unwrap(), tcp)
             .await
-            .unwrap()
     }
 
     /// Sends one request over a new HTTP/1.1 connection.

@@ -257,7 +257,6 @@ pub fn workspace_pvc(rec: &InstanceRecord, s: &KubeSettings) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instance::{AccessToken, CreateRequest, InstanceId, SpecDefaults};
 
     fn settings() -> KubeSettings {
         KubeSettings {
@@ -274,20 +273,10 @@ mod tests {
     }
 
     fn record() -> InstanceRecord {
-        let req = CreateRequest {
-            user_id: "alice".into(),
-            ..Default::default()
-        };
-        let (user, spec) = req.validate(&SpecDefaults::default()).unwrap();
         InstanceRecord {
-            instance_id: InstanceId::generate(&user),
-            user_id: user,
-            spec,
-            access_token: AccessToken::generate(),
-            token_generation: 0,
             created_at: 1,
             last_activity_ms: 2,
-            stop_reason: None,
+            ..InstanceRecord::for_tests("alice")
         }
     }
 
