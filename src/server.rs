@@ -201,7 +201,17 @@ async fn serve_connection(
             let took = started.elapsed();
             let status = resp.status();
             sh.metrics.request(class, status.as_u16(), took);
-            access_log(id, &method, &uri, status, class, took, peer, client);
+            let line = AccessLine {
+                id,
+                method: &method,
+                uri: &uri,
+                status,
+                class,
+                took,
+                peer,
+                client,
+            };
+            line.log();
             let h = resp.headers_mut();
             // Browsers that came once over HTTPS never try plain HTTP for this host again.
             h.insert(
@@ -256,39 +266,43 @@ async fn watch_idle(info: Arc<ConnInfo>, limit: Duration, done: CancellationToke
     }
 }
 
-/// One line per request, under the target `access`: at debug level (`VOD_LOG=info,access=debug`
-/// shows them all), and at info when the server failed it (5xx). Only the path is ever logged:
-/// query strings may carry tokens; no header is.
-fn access_log(
+/// One request's log line, under the target `access`: at debug level
+/// (`VOD_LOG=info,access=debug` shows them all), and at info when the server failed it (5xx).
+/// Only the path is ever logged: query strings may carry tokens; no header is.
+struct AccessLine<'a> {
     id: RequestId,
-    method: &Method,
-    uri: &Uri,
+    method: &'a Method,
+    uri: &'a Uri,
     status: StatusCode,
     class: Class,
     took: Duration,
     peer: SocketAddr,
     client: IpAddr,
-) {
-    macro_rules! line {
-        ($level:ident) => {
-            tracing::$level!(
-                target: "access",
-                request_id = %id,
-                method = %method,
-                path = uri.path(),
-                status = status.as_u16(),
-                class = class.as_str(),
-                duration_ms = took.as_secs_f64() * 1000.0,
-                %peer,
-                %client,
-                "request"
-            )
-        };
-    }
-    if status.is_server_error() {
-        line!(info);
-    } else {
-        line!(debug);
+}
+
+impl AccessLine<'_> {
+    fn log(&self) {
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "access",
+                    request_id = %self.id,
+                    method = %self.method,
+                    path = self.uri.path(),
+                    status = self.status.as_u16(),
+                    class = self.class.as_str(),
+                    duration_ms = self.took.as_secs_f64() * 1000.0,
+                    peer = %self.peer,
+                    client = %self.client,
+                    "request"
+                )
+            };
+        }
+        if self.status.is_server_error() {
+            line!(info);
+        } else {
+            line!(debug);
+        }
     }
 }
 

@@ -54,7 +54,10 @@ pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
 /// Receives a start's progress: messages, shown on the starting page and in the events
 /// stream, and the phases it passed, timed for the metrics ([`Phase`]).
 #[derive(Clone)]
-pub struct Progress(Arc<dyn Fn(Option<Phase>, Option<&str>) + Send + Sync>);
+pub struct Progress(Arc<Report>);
+
+/// What a [`Progress`] calls: a phase reached, a message, or both.
+type Report = dyn Fn(Option<Phase>, Option<&str>) + Send + Sync;
 
 impl Progress {
     pub fn new(f: impl Fn(Option<Phase>, Option<&str>) + Send + Sync + 'static) -> Self {
