@@ -7,6 +7,7 @@ use crate::http::conns::ConnLimits;
 use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults, StopReason};
 use crate::lifecycle::{Capacity, Lifecycle, Reaper};
+use crate::metrics::Metrics;
 use crate::orchestrator::kube::{Kube, KubeSettings};
 use crate::orchestrator::local::Local;
 use crate::orchestrator::sandbox::Sandbox;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 pub struct App {
     cfg: ServeConfig,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared>,
     lifecycle: Arc<Lifecycle>,
@@ -37,6 +39,8 @@ pub struct App {
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
     pub addr: SocketAddr,
+    /// The plain HTTP listener serving `/metrics`, if any.
+    pub metrics_addr: Option<SocketAddr>,
     pub public_url: String,
     /// Each instance on its own origin (else all under the public URL).
     pub host_routing: bool,
@@ -163,6 +167,15 @@ impl App {
                 addr: cfg.listen,
                 source,
             })?;
+        let (metrics_listener, metrics_addr) = match cfg.metrics_listen {
+            Some(a) => {
+                let listen_err = |source| StartupError::Listen { addr: a, source };
+                let l = TcpListener::bind(a).await.map_err(listen_err)?;
+                let bound = l.local_addr().map_err(listen_err)?;
+                (Some(l), Some(bound))
+            }
+            None => (None, None),
+        };
         let public_url = cfg
             .public_url
             .clone()
@@ -225,6 +238,7 @@ impl App {
                 cfg.max_running,
                 cfg.max_concurrent_starts,
             ),
+            metrics: Arc::new(Metrics::new()),
         });
         let defaults = SpecDefaults {
             idle_timeout_secs: cfg.idle_timeout.as_secs().max(1),
@@ -259,6 +273,7 @@ impl App {
         let _ = std::fs::write(data_dir.join("server.json"), discovery.to_string());
         let info = ServerInfo {
             addr,
+            metrics_addr,
             public_url,
             host_routing: origins.host_routing(),
             ca_cert,
@@ -272,6 +287,7 @@ impl App {
         Ok(Self {
             cfg,
             listener,
+            metrics_listener,
             tls,
             shared,
             lifecycle,
@@ -290,6 +306,11 @@ impl App {
         let reaper = Reaper::new(self.lifecycle.clone(), self.cfg.reap_interval);
         let reaper = tokio::spawn(reaper.run());
         let follower = tokio::spawn(self.lifecycle.clone().follow());
+        if let Some(l) = self.metrics_listener {
+            let serve =
+                crate::http::metrics::serve_plain(l, self.shared.clone(), self.shutdown.clone());
+            tokio::spawn(serve);
+        }
         server::run(
             self.listener,
             self.tls,

@@ -4,16 +4,16 @@
 //!
 //! # Layout
 //! Arrows point down: `main → app → server → http → api | proxy → shared → lifecycle →
-//! registry, orchestrator → upstream, instance`.
+//! registry, orchestrator → upstream, instance, metrics`.
 //! - [`config`]: command line and environment → typed configuration; parsing binds nothing.
 //! - [`app`]: the composition root; builds everything and owns the shutdown token.
 //! - [`server`]: accept loop, the PROXY header from trusted balancers, TLS, HTTP/1.1 +
 //!   HTTP/2, idle connections closed, the client of each request, dispatch by route, graceful
-//!   shutdown.
+//!   shutdown; each request timed, counted and given a request id.
 //! - [`http`]: origins and the router (pure: host and path → route), the one failure type and
 //!   its responses, the connection table (caps, idleness), the guess limiter, server-sent
-//!   events, and the client's address behind trusted proxies (`client_addr`:
-//!   `X-Forwarded-For`; `proxy_header`: the PROXY protocol).
+//!   events, the client's address behind trusted proxies (`client_addr`: `X-Forwarded-For`;
+//!   `proxy_header`: the PROXY protocol), request ids, `/metrics` and its plain listener.
 //! - [`api`]: the `/api` handlers: parse, call one lifecycle method, format.
 //! - [`proxy`]: an instance's requests: token check and cookies, our own endpoints, the
 //!   starting page, forwarding and WebSocket splicing, the activity signal.
@@ -26,6 +26,8 @@
 //!   bubblewrap sandbox serving on a Unix socket) and the Kubernetes backend.
 //! - [`upstream`]: reaching instances: connections by address and the keep-alive pool.
 //! - [`instance`]: domain types validated at the edge, and the state and its transitions.
+//! - [`metrics`]: what the server counts, with handles resolved once for the data path, and
+//!   the cold start phases, which a start's progress reports in one place (the lifecycle's).
 //! - [`tls`]: rustls configuration, the local CA and certificates minted per instance host.
 //! - [`outbound`]: requests this program makes (client subcommands, downloads).
 //! - [`cli`]: the client subcommands.
@@ -43,6 +45,7 @@ pub mod error;
 pub mod http;
 pub mod instance;
 pub mod lifecycle;
+pub mod metrics;
 pub mod orchestrator;
 pub mod outbound;
 pub mod proxy;

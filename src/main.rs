@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use vscode_on_demand::app::App;
-use vscode_on_demand::config::{Cli, Command};
+use vscode_on_demand::config::{Cli, Command, LogFormat};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -66,18 +66,32 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VOD_LOG")
-                // rustls warns about what clients send (an IP address as SNI, as wrk and
-                // some libraries do): once per handshake, so a client could flood the log.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
-        )
-        .with_writer(std::io::stderr)
+/// Logs to stderr, filtered by `VOD_LOG`: text for people, or one JSON object per line for
+/// collectors (`--log-format json`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VOD_LOG")
+        // rustls warns about what clients send (an IP address as SNI, as wrk and some
+        // libraries do): once per handshake, so a client could flood the log.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
         // Colours only for a person watching: log files and collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+async fn serve(cfg: vscode_on_demand::config::ServeConfig) -> anyhow::Result<()> {
+    init_logs(cfg.log_format);
     let app = App::build(cfg).await.context("starting vscode-on-demand")?;
     // The banner is for whoever started the server: with stdout closed (`serve | head -1`,
     // a detached service) writing it fails, which must not stop the server.
@@ -107,6 +121,10 @@ fn banner(i: &vscode_on_demand::app::ServerInfo) -> String {
         i.public_url, i.addr
     );
     let _ = writeln!(b, "  API:        {}/api/", i.public_url);
+    let _ = match i.metrics_addr {
+        Some(a) => writeln!(b, "  Metrics:    http://{a}/metrics (plain HTTP, no token)"),
+        None => writeln!(b, "  Metrics:    {}/metrics (admin token)", i.public_url),
+    };
     if i.host_routing {
         let _ = writeln!(
             b,

@@ -106,6 +106,8 @@ pub struct Instance {
     last_activity_ms: AtomicU64,
     inflight: AtomicUsize,
     clock: Clock,
+    /// The cold start that waits for this instance's first response to a browser.
+    pub first_byte: crate::metrics::FirstByte,
 }
 
 impl Instance {
@@ -125,6 +127,7 @@ impl Instance {
             last_activity_ms: AtomicU64::new(rec.last_activity_ms),
             inflight: AtomicUsize::new(0),
             clock,
+            first_byte: Default::default(),
         }
     }
 

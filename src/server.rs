@@ -11,19 +11,21 @@
 
 use crate::http::failure::Failure;
 use crate::http::origin::Site;
+use crate::http::request_id::{self, RequestId};
 use crate::http::response::{html, page, redirect};
 use crate::http::router::{route, Route};
 use crate::http::{request_host, Body};
+use crate::metrics::Class;
 use crate::shared::Shared;
 use crate::{api, proxy};
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -181,19 +183,42 @@ async fn serve_connection(
         },
         () = conn.info.close.cancelled() => return,
     };
+    let _open = front.sh.metrics.connection();
     let svc_conn = conn.clone();
     let sh = front.sh.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let sh = sh.clone();
         let conn = svc_conn.clone();
         async move {
             let _busy = conn.info.busy();
-            let mut resp = dispatch(&sh, req, peer, addr, &conn).await;
+            let started = Instant::now();
+            let id = RequestId::next();
+            let method = req.method().clone();
+            // A second handle on the URI's bytes (a reference count), so the route can borrow
+            // its path while the request moves on.
+            let uri = req.uri().clone();
+            let (class, client, mut resp) = dispatch(&sh, req, &uri, addr, &conn).await;
+            let took = started.elapsed();
+            let status = resp.status();
+            sh.metrics.request(class, status.as_u16(), took);
+            let line = AccessLine {
+                id,
+                method: &method,
+                uri: &uri,
+                status,
+                class,
+                took,
+                peer,
+                client,
+            };
+            line.log();
+            let h = resp.headers_mut();
             // Browsers that came once over HTTPS never try plain HTTP for this host again.
-            resp.headers_mut().insert(
+            h.insert(
                 header::STRICT_TRANSPORT_SECURITY,
                 HeaderValue::from_static(HSTS),
             );
+            h.insert(request_id::HEADER, id.header());
             Ok::<_, Infallible>(resp)
         }
     });
@@ -241,36 +266,68 @@ async fn watch_idle(info: Arc<ConnInfo>, limit: Duration, done: CancellationToke
     }
 }
 
+/// One request's log line, under the target `access`: at debug level
+/// (`VOD_LOG=info,access=debug` shows them all), and at info when the server failed it (5xx).
+/// Only the path is ever logged: query strings may carry tokens; no header is.
+struct AccessLine<'a> {
+    id: RequestId,
+    method: &'a Method,
+    uri: &'a Uri,
+    status: StatusCode,
+    class: Class,
+    took: Duration,
+    peer: SocketAddr,
+    client: IpAddr,
+}
+
+impl AccessLine<'_> {
+    fn log(&self) {
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "access",
+                    request_id = %self.id,
+                    method = %self.method,
+                    path = self.uri.path(),
+                    status = self.status.as_u16(),
+                    class = self.class.as_str(),
+                    duration_ms = self.took.as_secs_f64() * 1000.0,
+                    peer = %self.peer,
+                    client = %self.client,
+                    "request"
+                )
+            };
+        }
+        if self.status.is_server_error() {
+            line!(info);
+        } else {
+            line!(debug);
+        }
+    }
+}
+
 /// Serves one request. `addr` is the connection's address (see [`open`]); the client is
-/// found from it and the request's headers.
+/// found from it and the request's headers. Says which class of request it was, for the
+/// metrics, and who the client was, for the log.
 async fn dispatch(
     sh: &Arc<Shared>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    uri: &Uri,
     addr: IpAddr,
     conn: &Arc<Conn>,
-) -> Response<Body> {
+) -> (Class, IpAddr, Response<Body>) {
     let client = sh.trusted.resolve(addr, req.headers());
-    // Only the path is ever logged: query strings may carry tokens.
-    tracing::debug!(
-        method = %req.method(),
-        path = req.uri().path(),
-        %peer,
-        client = %client.ip,
-        "request"
-    );
-    // A second handle on the URI's bytes (a reference count), so the route can borrow its path
-    // while the request moves on.
-    let uri = req.uri().clone();
     let path = uri.path();
     let site = sh.origins.site(request_host(&req));
-    match route(site, req.method(), path) {
+    let r = match route(site, req.method(), path) {
         Route::Instance { id, rest } => {
-            proxy::handle(sh, id, proxy::Target::Forward(rest), req, &client, conn).await
+            let r = proxy::handle(sh, id, proxy::Target::Forward(rest), req, &client, conn);
+            return (Class::Proxy, client.ip, r.await);
         }
         Route::Own { id, page } => {
             proxy::handle(sh, id, proxy::Target::Own(page), req, &client, conn).await
         }
+        Route::Metrics => return (Class::Api, client.ip, api::metrics(sh, &req, client.ip)),
         Route::InstanceBare(id) => {
             let mut loc = format!("/instances/{id}/");
             if let Some(q) = req.uri().query() {
@@ -313,6 +370,10 @@ async fn dispatch(
         Route::NotFound => Failure::not_found("nothing here; the API is under /api/").response(),
         // Boxed: the API's futures are large and rare beside the proxy's, and every request's
         // future is as large as its largest branch.
-        api_route => Box::pin(api::handle(sh, api_route, req, client.ip)).await,
-    }
+        api_route => {
+            let r = Box::pin(api::handle(sh, api_route, req, client.ip)).await;
+            return (Class::Api, client.ip, r);
+        }
+    };
+    (Class::Own, client.ip, r)
 }

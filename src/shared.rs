@@ -1,12 +1,13 @@
 //! What every request handler shares: the lifecycle (and through it the registry and backend),
-//! the admin token, the origins, defaults, the upstream pool, the guess limiter and the trusted
-//! proxies.
+//! the admin token, the origins, defaults, the upstream pool, the guess limiter, the trusted
+//! proxies and the metrics.
 
 use crate::http::client_addr::TrustedProxies;
 use crate::http::guesses::{self, Guesses};
 use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults};
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub struct Shared {
     pub guesses: Guesses,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    pub metrics: Arc<Metrics>,
     /// Load balancers whose word on who the client is counts.
     pub trusted: TrustedProxies,
 }
@@ -36,6 +38,7 @@ impl Shared {
     ) -> Self {
         let upstream = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(60));
         Self {
+            metrics: lifecycle.metrics.clone(),
             lifecycle,
             admin_token,
             origins,

@@ -72,6 +72,14 @@ async fn authorized(
     }
 }
 
+/// `/metrics` on the main listener: behind the admin token, checked as for the API.
+pub fn metrics(sh: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Response<Body> {
+    match authorize(sh, req, peer) {
+        Ok(()) => crate::http::metrics::page(sh),
+        Err(f) => f.response(),
+    }
+}
+
 /// Checks `Authorization: Bearer <admin token>` in constant time; repeated wrong tokens from
 /// one client are answered 429.
 fn authorize(sh: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Result<(), Failure> {
@@ -85,8 +93,12 @@ fn authorize(sh: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Result<(), F
         return Ok(());
     }
     // Only a wrong token is a failure; asking without one is not a guess.
-    if presented.is_some() && !sh.guesses.failed(peer) {
-        return Err(Failure::rate_limited());
+    if presented.is_some() {
+        sh.metrics.auth_failed(true);
+        if !sh.guesses.failed(peer) {
+            sh.metrics.rate_limited();
+            return Err(Failure::rate_limited());
+        }
     }
     Err(Failure::unauthorized(
         if presented.is_some() {

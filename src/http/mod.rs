@@ -8,8 +8,10 @@ pub mod conns;
 pub mod events;
 pub mod failure;
 pub mod guesses;
+pub mod metrics;
 pub mod origin;
 pub mod proxy_header;
+pub mod request_id;
 pub mod response;
 pub mod router;
 

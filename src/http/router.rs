@@ -11,6 +11,8 @@ use http::Method;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
     Root,
+    /// `/metrics`: Prometheus text format, behind the admin token.
+    Metrics,
     Banner,
     Health,
     ListInstances,
@@ -162,6 +164,9 @@ pub fn route<'a>(site: Site<'_>, method: &Method, path: &'a str) -> Route<'a> {
     if path == "/" {
         return Route::Root;
     }
+    if path == "/metrics" {
+        return only(method == Method::GET, "GET", Route::Metrics);
+    }
     let Some(api) = path.strip_prefix("/api") else {
         return Route::NotFound;
     };
@@ -260,6 +265,11 @@ mod tests {
         );
         assert_eq!(route(Site::Shared, &g, "/api/nope"), Route::NotFound);
         assert_eq!(route(Site::Shared, &g, "/other"), Route::NotFound);
+        assert_eq!(route(Site::Shared, &g, "/metrics"), Route::Metrics);
+        assert_eq!(
+            route(Site::Instance("u-1"), &g, "/metrics"),
+            Route::NotFound
+        );
     }
 
     #[test]

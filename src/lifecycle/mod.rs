@@ -19,7 +19,8 @@ use crate::instance::{
     AccessToken, CreateRequest, InstanceId, InstanceRecord, Invalid, SpecDefaults, State, Status,
     StopReason, Upstream,
 };
-use crate::orchestrator::{Orchestrator, OrchestratorError};
+use crate::metrics::{ColdStart, Metrics, Phase};
+use crate::orchestrator::{Orchestrator, OrchestratorError, Progress};
 use crate::registry::{Instance, Registry};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,7 @@ pub struct Lifecycle {
     pub start_timeout: Duration,
     pub shutdown: CancellationToken,
     pub capacity: Capacity,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Lifecycle {
@@ -86,6 +88,7 @@ impl Lifecycle {
         };
         if began {
             tracing::info!(instance = %inst.id, "starting");
+            self.metrics.start_begun();
             inst.touch();
             let this = self.clone();
             let inst = inst.clone();
@@ -96,6 +99,7 @@ impl Lifecycle {
     }
 
     async fn run_start(self: Arc<Self>, inst: Arc<Instance>) {
+        let cold = ColdStart::begin(self.metrics.clone());
         // Starts beyond --max-concurrent-starts wait their turn, and say so.
         let turn = self
             .capacity
@@ -103,17 +107,29 @@ impl Lifecycle {
                 inst.update(|s| s.progress(&format!("queued: {ahead} start(s) ahead")));
             })
             .await;
+        cold.reached(Phase::Queued);
         let rec = inst.record();
         let progress_inst = inst.clone();
-        let progress = Arc::new(move |m: &str| {
-            progress_inst.update(|s| s.progress(m));
+        let phases = cold.clone();
+        // The one place a start's progress arrives: messages for people, phases for metrics.
+        let progress = Progress::new(move |phase, message| {
+            if let Some(p) = phase {
+                phases.reached(p);
+            }
+            if let Some(m) = message {
+                progress_inst.update(|s| s.progress(m));
+            }
         });
         let started =
             tokio::time::timeout(self.start_timeout, self.orchestrator.start(&rec, progress)).await;
         let result = match started {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => {
+                self.metrics.failed("start_error");
+                Err(e.to_string())
+            }
             Err(_) => {
+                self.metrics.failed("start_timeout");
                 let _ = self.orchestrator.stop(&inst.id).await;
                 Err(format!(
                     "not ready within {}s (the start timeout)",
@@ -134,6 +150,8 @@ impl Lifecycle {
                     return;
                 }
                 inst.touch();
+                cold.reached(Phase::Ready);
+                inst.first_byte.arm(cold);
                 tracing::info!(instance = %inst.id, %addr, "running");
                 if let Some(exited) = started.exited {
                     self.watch_exit(inst, exited);
@@ -157,6 +175,7 @@ impl Lifecycle {
             let Ok(reason) = exited.await else { return };
             let changed = inst.update(|s| s.failed(State::Running, reason.clone()));
             if changed {
+                self.metrics.failed("exited");
                 tracing::warn!(instance = %inst.id, %reason, "instance exited unexpectedly");
                 let _ = self.orchestrator.stop(&inst.id).await;
             }
@@ -205,6 +224,14 @@ impl Lifecycle {
             return false;
         }
         tracing::info!(instance = %inst.id, %reason, "stopping");
+        self.metrics.stopped(match &reason {
+            StopReason::Idle => "idle",
+            StopReason::Api => "api",
+            StopReason::Shutdown => "shutdown",
+            StopReason::Deleted => "deleted",
+            StopReason::ScaledDown => "scaled_down",
+            StopReason::Other(_) => "other",
+        });
         // The reason is stored before the backend scales down, so that other servers, which
         // see the scale-down, already know why (it decides whether reconnects may start it).
         if let Err(e) = self.orchestrator.save(&inst.record()).await {
@@ -332,5 +359,6 @@ pub(crate) fn test_lifecycle(dir: &std::path::Path, registry: Registry) -> Lifec
         start_timeout: Duration::from_secs(5),
         shutdown: CancellationToken::new(),
         capacity: Capacity::default(),
+        metrics: Arc::default(),
     }
 }

@@ -12,7 +12,7 @@ use super::readiness::wait_ready;
 use super::runtime::{LaunchContext, RuntimeConfig, DOWNLOAD_TIMEOUT};
 use super::sandbox::{self, Jail, Sandbox};
 use super::store::{write_private, Store};
-use super::{Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
+use super::{Orchestrator, OrchestratorError, Phase, Progress, Result, Started, WorkspaceInfo};
 use crate::instance::{AccessToken, InstanceId, InstanceRecord, Upstream, UpstreamAddr, UserId};
 use crate::outbound::{system_roots, Outbound};
 use async_trait::async_trait;
@@ -210,7 +210,7 @@ impl Orchestrator for Local {
             std::fs::create_dir_all(d)
                 .map_err(OrchestratorError::io(format!("creating {}", d.display())))?;
         }
-        progress("preparing VS Code");
+        progress.say("preparing VS Code");
         let socket_dir = self.fresh_socket_dir(id)?;
         let port = if self.runtime.listens_on_port() {
             free_port()?
@@ -249,7 +249,7 @@ impl Orchestrator for Local {
         let log_err = log
             .try_clone()
             .map_err(OrchestratorError::io("duplicating the log handle"))?;
-        progress(&format!("starting {}", launch.description));
+        progress.say(&format!("starting {}", launch.description));
         let env = sandbox::instance_env(&inner_config, port);
         let jail = Jail {
             instance_id: id.as_str(),
@@ -289,13 +289,22 @@ impl Orchestrator for Local {
             let _ = exited_tx.send(true);
             let _ = exit_tx.send(reason);
         });
-        progress(&format!("waiting for {} to answer", launch.description));
+        progress.reached(Phase::Spawned);
+        progress.say(&format!("waiting for {} to answer", launch.description));
         let addr = if port == 0 {
             UpstreamAddr::Unix(socket_dir.join(sandbox::SOCKET_NAME).into())
         } else {
             UpstreamAddr::Tcp(([127, 0, 0, 1], port).into())
         };
-        if let Err(e) = wait_ready(&addr, &launch.probe_path, &mut exit_rx, &log_path).await {
+        if let Err(e) = wait_ready(
+            &addr,
+            &launch.probe_path,
+            &mut exit_rx,
+            &log_path,
+            &progress,
+        )
+        .await
+        {
             let _ = self.stop(id).await;
             return Err(e);
         }

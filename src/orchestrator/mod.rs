@@ -12,6 +12,7 @@ mod store;
 pub use store::write_private;
 
 use crate::instance::{AccessToken, InstanceId, InstanceRecord, Upstream, UserId};
+pub use crate::metrics::Phase;
 use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -50,8 +51,34 @@ impl OrchestratorError {
 
 pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
 
-/// Receives start progress messages, shown on the starting page and in the events stream.
-pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+/// Receives a start's progress: messages, shown on the starting page and in the events
+/// stream, and the phases it passed, timed for the metrics ([`Phase`]).
+#[derive(Clone)]
+pub struct Progress(Arc<Report>);
+
+/// What a [`Progress`] calls: a phase reached, a message, or both.
+type Report = dyn Fn(Option<Phase>, Option<&str>) + Send + Sync;
+
+impl Progress {
+    pub fn new(f: impl Fn(Option<Phase>, Option<&str>) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Reports nothing: for starts nobody watches.
+    pub fn none() -> Self {
+        Self::new(|_, _| {})
+    }
+
+    /// A message for people.
+    pub fn say(&self, message: &str) {
+        (self.0)(None, Some(message));
+    }
+
+    /// `phase` is over (reporting one again does nothing).
+    pub fn reached(&self, phase: Phase) {
+        (self.0)(Some(phase), None);
+    }
+}
 
 /// A started instance: where it serves, and (for backends that notice it directly) a signal
 /// that resolves with a reason if it exits on its own.

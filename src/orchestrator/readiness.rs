@@ -2,7 +2,7 @@
 //! uses until it answers, and a start that ends early is reported with what the instance
 //! printed last.
 
-use super::{OrchestratorError, Result};
+use super::{OrchestratorError, Phase, Progress, Result};
 use crate::instance::UpstreamAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -22,6 +22,7 @@ pub(super) async fn wait_ready(
     path: &str,
     exited: &mut oneshot::Receiver<String>,
     log: &Path,
+    progress: &Progress,
 ) -> Result<()> {
     loop {
         if let Ok(reason) = exited.try_recv() {
@@ -30,17 +31,19 @@ pub(super) async fn wait_ready(
                 log_tail(log)
             )));
         }
-        if answers(addr, path).await {
+        if answers(addr, path, progress).await {
             return Ok(());
         }
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }
 
-/// Whether the instance answers `GET path` below 500, over the connection the proxy would use.
-async fn answers(addr: &UpstreamAddr, path: &str) -> bool {
+/// Whether the instance answers `GET path` below 500, over the connection the proxy would use;
+/// once it accepts the connection it listens.
+async fn answers(addr: &UpstreamAddr, path: &str, progress: &Progress) -> bool {
     let probe = async {
         let mut conn = crate::upstream::connect(addr).await.ok()?;
+        progress.reached(Phase::Listening);
         let req = http::Request::get(path)
             .header(http::header::HOST, "localhost")
             .body(http_body_util::Empty::<bytes::Bytes>::new())

@@ -9,6 +9,7 @@ use crate::http::conns::Conn;
 use crate::http::failure::Failure;
 use crate::http::{Body, BoxError};
 use crate::instance::{Upstream, UpstreamAddr};
+use crate::metrics::Metrics;
 use crate::registry::{ActivityGuard, Instance};
 use crate::shared::Shared;
 use crate::upstream::UpstreamError;
@@ -118,6 +119,9 @@ pub async fn forward(
         // A page that comes back uncompressed can get the activity script.
         req.headers_mut().remove(header::ACCEPT_ENCODING);
     }
+    if let Some(n) = http_body::Body::size_hint(req.body()).exact() {
+        sh.metrics.bytes_to_instance(n);
+    }
     let resp = match sh.upstream.request(&upstream.addr, req).await {
         Ok(resp) => resp,
         Err(e) => return upstream_failed(e, source == Source::Navigation),
@@ -156,13 +160,19 @@ pub async fn forward(
         },
         _ => body.map_err(BoxError::from).boxed(),
     };
-    let body = match guard {
-        Some(guard) => GuardedBody {
+    // A body of known length is counted at once; others as they pass.
+    let counted = http_body::Body::size_hint(&body).exact();
+    if let Some(n) = counted {
+        sh.metrics.bytes_to_client(n);
+    }
+    let body = match (guard, counted) {
+        (None, Some(_)) => body,
+        (guard, _) => GuardedBody {
             inner: body,
             _guard: guard,
+            metrics: counted.is_none().then(|| sh.metrics.clone()),
         }
         .boxed(),
-        None => body,
     };
     Response::from_parts(parts, body)
 }
@@ -204,11 +214,12 @@ pub async fn forward_upgrade(
         revoked: credential.replaced(),
         idle: sh.tunnel_idle_timeout,
     };
+    let metrics = sh.metrics.clone();
     tokio::spawn(async move {
         // The tunnel keeps its connection's place in the table, busy, until it ends.
         let _busy = conn.info.busy();
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
-            Ok((c, u)) => tunnel::splice(c, u, inst, ends).await,
+            Ok((c, u)) => tunnel::splice(c, u, inst, ends, metrics).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }
     });
@@ -216,10 +227,12 @@ pub async fn forward_upgrade(
     Response::from_parts(parts, crate::http::response::empty())
 }
 
-/// A proxied response body that keeps its instance busy until it has been sent in full.
+/// A proxied response body that keeps its instance busy until it has been sent in full, and
+/// counts its bytes when their number was not known in advance.
 struct GuardedBody {
     inner: Body,
-    _guard: ActivityGuard,
+    _guard: Option<ActivityGuard>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl http_body::Body for GuardedBody {
@@ -230,7 +243,13 @@ impl http_body::Body for GuardedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(m), Poll::Ready(Some(Ok(f)))) = (&self.metrics, &r) {
+            if let Some(d) = f.data_ref() {
+                m.bytes_to_client(d.len() as u64);
+            }
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -78,7 +78,8 @@ pub async fn handle(
         },
     };
     if websocket {
-        Box::pin(forward::forward_upgrade(
+        let inst = inst.clone();
+        let r = Box::pin(forward::forward_upgrade(
             sh,
             authorized,
             upstream,
@@ -87,9 +88,13 @@ pub async fn handle(
             client,
             conn.clone(),
         ))
-        .await
+        .await;
+        inst.first_byte.responded();
+        r
     } else {
-        forward::forward(sh, inst, upstream, rest, req, client, source).await
+        let r = forward::forward(sh, inst, upstream, rest, req, client, source).await;
+        inst.first_byte.responded();
+        r
     }
 }
 
@@ -122,8 +127,15 @@ fn authenticate(
         (Some(a), Presented::Valid) => Ok(a),
         (_, Presented::Nothing) => Err(deny(navigation, false)),
         // A wrong token or cookie counts against the client, so guessing is slowed down.
-        _ if !sh.guesses.failed(peer) => Err(Failure::rate_limited().response()),
-        _ => Err(deny(navigation, true)),
+        _ => {
+            sh.metrics.auth_failed(false);
+            if sh.guesses.failed(peer) {
+                Err(deny(navigation, true))
+            } else {
+                sh.metrics.rate_limited();
+                Err(Failure::rate_limited().response())
+            }
+        }
     }
 }
 

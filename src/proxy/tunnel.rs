@@ -7,6 +7,7 @@
 //! ("going away") after the frame under way.
 
 use super::frames::{FrameCursor, GOING_AWAY};
+use crate::metrics::Metrics;
 use crate::registry::Instance;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -32,7 +33,14 @@ pub struct Ends {
     pub idle: Duration,
 }
 
-pub async fn splice(client: Upgraded, upstream: Upgraded, inst: Arc<Instance>, ends: Ends) {
+pub async fn splice(
+    client: Upgraded,
+    upstream: Upgraded,
+    inst: Arc<Instance>,
+    ends: Ends,
+    metrics: Arc<Metrics>,
+) {
+    let _open = metrics.tunnel();
     let Ends {
         going_away,
         revoked,
@@ -49,6 +57,7 @@ pub async fn splice(client: Upgraded, upstream: Upgraded, inst: Arc<Instance>, e
         start,
         shared: shared.clone(),
         frames: FrameCursor::default(),
+        metrics,
     };
     let mut upstream = TokioIo::new(upstream);
     let quiet = async {
@@ -113,6 +122,7 @@ struct Counted {
     start: Instant,
     shared: Arc<Shared>,
     frames: FrameCursor,
+    metrics: Arc<Metrics>,
 }
 
 impl Counted {
@@ -135,6 +145,7 @@ impl AsyncRead for Counted {
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         self.moved(n);
+        self.metrics.bytes_to_instance(n as u64);
         r
     }
 }
@@ -158,6 +169,7 @@ impl AsyncWrite for Counted {
         let r = Pin::new(&mut self.io).poll_write(cx, &data[..allowed]);
         if let Poll::Ready(Ok(n)) = r {
             self.moved(n);
+            self.metrics.bytes_to_client(n as u64);
             self.frames.pass(&data[..n], false);
             let at = self.frames.at_boundary();
             self.shared.at_boundary.store(at, Ordering::Relaxed);

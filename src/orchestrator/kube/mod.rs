@@ -12,7 +12,9 @@ mod secrets;
 mod security;
 mod watch;
 
-use super::{Observed, Orchestrator, OrchestratorError, Progress, Result, Started, WorkspaceInfo};
+use super::{
+    Observed, Orchestrator, OrchestratorError, Phase, Progress, Result, Started, WorkspaceInfo,
+};
 use crate::instance::{
     AccessToken, InstanceId, InstanceRecord, InstanceSpec, StopReason, Upstream, UpstreamAddr,
     UserId,
@@ -23,7 +25,7 @@ use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::Client;
 use objects::*;
-use pods::{pod_progress, ready_addr};
+use pods::{pod_phase, pod_progress, ready_addr};
 use secrets::new_upstream_token;
 use serde_json::json;
 use std::collections::HashMap;
@@ -285,7 +287,7 @@ impl Orchestrator for Kube {
     async fn start(&self, rec: &InstanceRecord, progress: Progress) -> Result<Started> {
         let id = &rec.instance_id;
         let secret = self.upstream_secret(id).await?;
-        progress("scaling up");
+        progress.say("scaling up");
         // Applied whole rather than scaled, so an instance made by an older version of this
         // server gets today's pod (connection token, security context) on its next start; an
         // unchanged template rolls nothing.
@@ -300,6 +302,7 @@ impl Orchestrator for Kube {
         loop {
             let pods = self.pods(id).await?;
             if let Some(addr) = pods.iter().find_map(ready_addr) {
+                progress.reached(Phase::Listening);
                 return Ok(Started {
                     upstream: Upstream {
                         addr: UpstreamAddr::Tcp(addr),
@@ -313,14 +316,17 @@ impl Orchestrator for Kube {
                 .iter()
                 .find(|p| p.metadata.deletion_timestamp.is_none())
             {
-                None => progress("waiting for the pod to be created"),
+                None => progress.say("waiting for the pod to be created"),
                 Some(pod) => match pod_progress(pod) {
                     Err(reason) => return Err(OrchestratorError::StartFailed(reason)),
                     Ok(stage) => {
+                        if let Some(phase) = pod_phase(pod) {
+                            progress.reached(phase);
+                        }
                         let name = pod.metadata.name.clone().unwrap_or_default();
                         match self.latest_event(&name).await {
-                            Some(ev) => progress(&format!("{stage} ({ev})")),
-                            None => progress(&stage),
+                            Some(ev) => progress.say(&format!("{stage} ({ev})")),
+                            None => progress.say(&stage),
                         }
                     }
                 },

@@ -33,6 +33,18 @@ pub fn ready_addr(pod: &Pod) -> Option<SocketAddr> {
     ready.then_some(SocketAddr::new(ip, PORT))
 }
 
+/// The last cold start phase a pod has finished: scheduled on a node, then its volumes and
+/// init containers done (the pod runs).
+pub fn pod_phase(pod: &Pod) -> Option<super::Phase> {
+    let running = pod.status.as_ref()?.phase.as_deref() == Some("Running");
+    let scheduled = pod.spec.as_ref()?.node_name.is_some();
+    match (scheduled, running) {
+        (_, true) => Some(super::Phase::Init),
+        (true, false) => Some(super::Phase::Spawned),
+        _ => None,
+    }
+}
+
 /// A stage of a pod's start, for people; or the reason it cannot start.
 pub fn pod_progress(pod: &Pod) -> std::result::Result<String, String> {
     let Some(status) = &pod.status else {
