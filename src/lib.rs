@@ -13,6 +13,7 @@
 //!   its responses, the connection table (caps, idleness), the guess limiter, server-sent
 //!   events.
 //! - [`api`]: the `/api` handlers: parse, call one lifecycle method, format.
+//! - [`console`]: the browser console at `/` (page, script, style compiled in; strict CSP).
 //! - [`proxy`]: an instance's requests: token check and cookies, our own endpoints, the
 //!   starting page, forwarding and WebSocket splicing, the activity signal.
 //! - [`shared`]: what request handlers share.
@@ -37,6 +38,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod http;
 pub mod instance;

@@ -10,9 +10,12 @@ use http::Method;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
-    Root,
+    /// The console: its page at `/` and its files under `/console/`.
+    Console(crate::console::Asset),
     Banner,
     Health,
+    /// `/api/openapi.json`: the API's OpenAPI document.
+    OpenApi,
     ListInstances,
     CreateInstance,
     GetInstance(&'a str),
@@ -159,8 +162,12 @@ pub fn route<'a>(site: Site<'_>, method: &Method, path: &'a str) -> Route<'a> {
             Route::NotFound
         };
     }
-    if path == "/" {
-        return Route::Root;
+    if let Some(asset) = crate::console::Asset::at(path) {
+        return if method == Method::GET || method == Method::HEAD {
+            Route::Console(asset)
+        } else {
+            Route::MethodNotAllowed("GET, HEAD")
+        };
     }
     let Some(api) = path.strip_prefix("/api") else {
         return Route::NotFound;
@@ -171,6 +178,7 @@ pub fn route<'a>(site: Site<'_>, method: &Method, path: &'a str) -> Route<'a> {
     match segs.as_slice() {
         [""] => only(get, "GET", Route::Banner),
         ["health"] => only(get, "GET", Route::Health),
+        ["openapi.json"] => only(get, "GET", Route::OpenApi),
         ["instances"] | ["instances", ""] => {
             if get {
                 Route::ListInstances
