@@ -70,6 +70,8 @@ pub enum Command {
         )]
         download_url: String,
     },
+    /// Print shell completions for bash, zsh or fish.
+    Completions { shell: clap_complete::Shell },
     /// Generate a CA and server certificate into a directory (kept if already there).
     Cert {
         #[arg(long, default_value = "certs")]

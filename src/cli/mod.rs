@@ -1,7 +1,10 @@
 //! The client subcommands (`create`, `list`, `get`, `delete`, `status`, `start`, `stop`,
 //! `rotate-token`, `keepalive`, `workspace`): call the API and print results for people, or
 //! the JSON with `--json`.
-//! Without flags they find the local server through its data directory.
+//! Without flags they find the local server through its data directory; `list` prints an
+//! aligned table ([`table`]).
+
+mod table;
 
 use crate::config::{default_data_dir, ClientConfig, Command, CreateArgs, KeepaliveArgs};
 use crate::outbound::{system_roots, Outbound};
@@ -184,14 +187,8 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
                 let items = v["instances"].as_array().cloned().unwrap_or_default();
                 if items.is_empty() {
                     println!("No instances.");
-                }
-                for i in &items {
-                    println!(
-                        "{:<24} {:<10} {}",
-                        field(i, "instance_id"),
-                        field(i, "status"),
-                        field(i, "url")
-                    );
+                } else {
+                    print!("{}", table::instances(&items));
                 }
             }
             (client, v)
@@ -299,7 +296,10 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
             }
             (client, v)
         }
-        Command::Serve(_) | Command::Cert { .. } | Command::InstallCli { .. } => return Ok(()),
+        Command::Serve(_)
+        | Command::Cert { .. }
+        | Command::InstallCli { .. }
+        | Command::Completions { .. } => return Ok(()),
     };
     if client.json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
