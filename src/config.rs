@@ -40,7 +40,12 @@ pub enum Command {
     /// Show an instance's status.
     Status(InstanceArgs),
     /// Start an instance and wait until it is running.
-    Start(InstanceArgs),
+    Start {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Stop an instance (scale to zero); its files stay.
     Stop(InstanceArgs),
     /// Give an instance a new access token; the old one, and cookies holding it, stop working.
@@ -372,8 +377,21 @@ pub struct CreateArgs {
     /// Seconds before an idle stop that open pages show a notice (0: none).
     #[arg(long)]
     pub idle_notice: Option<u64>,
+    /// Start it once created.
+    #[arg(long)]
+    pub start: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[command(flatten)]
     pub client: ClientConfig,
+}
+
+/// Following a start.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Show the start's phases as they happen; exit non-zero with the reason if it fails.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[cfg(test)]
