@@ -6,6 +6,8 @@
 #   - code-server (a real VS Code server) under $VOD_CACHE/code-server
 #   - playwright-core (drives chromium) under $VOD_CACHE/node
 #   - sslyze (the TLS scan) in a Python virtual environment under $VOD_CACHE/sslyze
+#   - schemathesis (property-based runs against the API document) in one under
+#     $VOD_CACHE/schemathesis
 # Prints `export` lines for the tests on stdout; everything else goes to stderr.
 set -euo pipefail
 
@@ -13,6 +15,7 @@ CACHE="${VOD_CACHE:-$HOME/.cache/vscode-on-demand}"
 CODE_SERVER_VERSION="${CODE_SERVER_VERSION:-4.100.3}"
 PLAYWRIGHT_VERSION="${PLAYWRIGHT_VERSION:-1.64.1}"
 SSLYZE_VERSION="${SSLYZE_VERSION:-6.3.1}"
+SCHEMATHESIS_VERSION="${SCHEMATHESIS_VERSION:-4.32.5}"
 export DEBIAN_FRONTEND=noninteractive
 
 apt_pkgs=(chromium bubblewrap python3-venv ripgrep pkg-config libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev)
@@ -62,7 +65,15 @@ if [ ! -x "$sslyze_bin" ] || ! "$CACHE/sslyze/bin/pip" show sslyze 2>/dev/null |
   "$CACHE/sslyze/bin/pip" install -q "sslyze==$SSLYZE_VERSION" >&2
 fi
 
+st_bin="$CACHE/schemathesis/bin/schemathesis"
+if [ ! -x "$st_bin" ] || ! "$CACHE/schemathesis/bin/pip" show schemathesis 2>/dev/null | grep -qx "Version: $SCHEMATHESIS_VERSION"; then
+  echo "installing schemathesis $SCHEMATHESIS_VERSION" >&2
+  python3 -m venv "$CACHE/schemathesis" >&2
+  "$CACHE/schemathesis/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2
+fi
+
 echo "export VOD_TEST_CODE_SERVER=$cs_bin"
 echo "export VOD_TEST_CHROMIUM=$(command -v chromium)"
 echo "export VOD_TEST_NODE_PATH=$CACHE/node/node_modules"
 echo "export VOD_TEST_SSLYZE=$sslyze_bin"
+echo "export VOD_TEST_SCHEMATHESIS=$st_bin"

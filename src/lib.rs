@@ -15,6 +15,7 @@
 //!   events, the client's address behind trusted proxies (`client_addr`: `X-Forwarded-For`;
 //!   `proxy_header`: the PROXY protocol), request ids, `/metrics` and its plain listener.
 //! - [`api`]: the `/api` handlers: parse, call one lifecycle method, format.
+//! - [`console`]: the browser console at `/` (page, script, style compiled in; strict CSP).
 //! - [`proxy`]: an instance's requests: token check and cookies, our own endpoints, the
 //!   starting page, forwarding and WebSocket splicing, the activity signal.
 //! - [`shared`]: what request handlers share.
@@ -41,6 +42,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod http;
 pub mod instance;

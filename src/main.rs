@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use vscode_on_demand::app::App;
 use vscode_on_demand::config::{Cli, Command, LogFormat};
 
@@ -39,6 +39,16 @@ fn main() -> std::process::ExitCode {
                     "{verb} {} and {}",
                     paths.server_cert.display(),
                     paths.ca_cert.display()
+                );
+                Ok(())
+            }
+            Command::Completions { shell } => {
+                let mut cmd = Cli::command();
+                clap_complete::generate(
+                    shell,
+                    &mut cmd,
+                    "vscode-on-demand",
+                    &mut std::io::stdout(),
                 );
                 Ok(())
             }

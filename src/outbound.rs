@@ -108,6 +108,39 @@ impl Outbound {
         headers: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> Result<Response, OutboundError> {
+        let addr = url.to_owned();
+        let resp = self.open(method, url, headers, body).await?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, self.max_body)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    OutboundError::TooLarge(addr.clone())
+                } else {
+                    OutboundError::Http {
+                        addr: addr.clone(),
+                        message: e.to_string(),
+                    }
+                }
+            })?
+            .to_bytes();
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Sends one request (no redirects) and answers once the response head arrives; the
+    /// body streams, unbounded in size and time (server-sent events).
+    pub async fn open(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, OutboundError> {
         let uri: Uri = url.parse().map_err(|_| OutboundError::BadUrl(url.into()))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -159,48 +192,31 @@ impl Outbound {
                     addr: addr.clone(),
                     source,
                 })?;
-            self.exchange(TokioIo::new(tls), req, &addr).await
+            head(TokioIo::new(tls), req, &addr).await
         } else {
-            self.exchange(TokioIo::new(tcp), req, &addr).await
+            head(TokioIo::new(tcp), req, &addr).await
         }
     }
+}
 
-    async fn exchange<I>(
-        &self,
-        io: I,
-        req: Request<Full<Bytes>>,
-        addr: &str,
-    ) -> Result<Response, OutboundError>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let http_err = |e: &dyn std::fmt::Display| OutboundError::Http {
-            addr: addr.to_owned(),
-            message: e.to_string(),
-        };
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| http_err(&e))?;
-        tokio::spawn(conn);
-        let resp = send.send_request(req).await.map_err(|e| http_err(&e))?;
-        let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, self.max_body)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    OutboundError::TooLarge(addr.to_owned())
-                } else {
-                    http_err(&e)
-                }
-            })?
-            .to_bytes();
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
-    }
+/// Sends `req` on `io` and answers with the response head; its body streams.
+async fn head<I>(
+    io: I,
+    req: Request<Full<Bytes>>,
+    addr: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, OutboundError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let http_err = |e: &dyn std::fmt::Display| OutboundError::Http {
+        addr: addr.to_owned(),
+        message: e.to_string(),
+    };
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| http_err(&e))?;
+    tokio::spawn(conn);
+    send.send_request(req).await.map_err(|e| http_err(&e))
 }
 
 /// Resolves a redirect target against the URL that answered with it.

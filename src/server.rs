@@ -12,7 +12,7 @@
 use crate::http::failure::Failure;
 use crate::http::origin::Site;
 use crate::http::request_id::{self, RequestId};
-use crate::http::response::{html, page, redirect};
+use crate::http::response::redirect;
 use crate::http::router::{route, Route};
 use crate::http::{request_host, Body};
 use crate::metrics::Class;
@@ -351,21 +351,17 @@ async fn dispatch(
             redirect(StatusCode::TEMPORARY_REDIRECT, &loc)
         }
         Route::InstanceHome => match site {
-            Site::Instance(id) => redirect(StatusCode::TEMPORARY_REDIRECT, &format!("/instances/{id}/")),
+            Site::Instance(id) => {
+                redirect(StatusCode::TEMPORARY_REDIRECT, &format!("/instances/{id}/"))
+            }
             _ => Failure::not_found("nothing here").response(),
         },
         Route::BadPath(why) => Failure::bad_request("bad_path", why).response(),
         Route::MethodNotAllowed(allowed) => Failure::method_not_allowed(allowed).response(),
-        Route::Root => html(
-            StatusCode::OK,
-            page(
-                "vscode-on-demand",
-                "<p>VS Code in the browser, on demand. The management API is at <code>/api/</code>; \
-                 open an instance with the URL printed when it was created.</p>",
-            ),
-        ),
+        Route::Console(asset) => crate::console::serve(asset),
         Route::NotFound if matches!(site, Site::Instance(_)) => {
-            Failure::not_found("this host serves its instance only, under /instances/<id>/").response()
+            Failure::not_found("this host serves its instance only, under /instances/<id>/")
+                .response()
         }
         Route::NotFound => Failure::not_found("nothing here; the API is under /api/").response(),
         // Boxed: the API's futures are large and rare beside the proxy's, and every request's

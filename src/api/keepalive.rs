@@ -23,10 +23,30 @@ impl KeepaliveError {
     }
 }
 
-#[derive(Deserialize)]
+/// The keepalive request body.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Body {
+pub struct KeepaliveRequest {
+    /// Busy until then: Unix seconds, or RFC 3339 in UTC; at most the largest idle timeout
+    /// from now.
+    #[schema(schema_with = busy_until_schema)]
     busy_until: Option<Value>,
+}
+
+fn busy_until_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(0.0)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::String).format(Some(
+            utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime),
+        )))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
 }
 
 /// The "busy until" time in Unix milliseconds, if the body names one; at most `max_secs` from
@@ -39,7 +59,8 @@ pub fn busy_until_ms(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let b: Body = serde_json::from_slice(body).map_err(|e| KeepaliveError::Json(e.to_string()))?;
+    let b: KeepaliveRequest =
+        serde_json::from_slice(body).map_err(|e| KeepaliveError::Json(e.to_string()))?;
     let ms = match b.busy_until {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n

@@ -2,7 +2,8 @@
 //! banner and health. Every input is validated before anything is created.
 
 mod keepalive;
-mod view;
+pub mod openapi;
+pub mod view;
 
 use crate::http::failure::Failure;
 use crate::http::response::json;
@@ -15,7 +16,6 @@ use crate::shared::Shared;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde_json::json;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -32,10 +32,22 @@ pub async fn handle(
         Route::Banner => {
             return json(
                 StatusCode::OK,
-                &json!({ "message": "VS Code Server On-Demand API", "service": "vscode-on-demand", "version": env!("CARGO_PKG_VERSION") }),
+                &view::Banner {
+                    message: "VS Code Server On-Demand API".into(),
+                    service: "vscode-on-demand".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
             )
         }
-        Route::Health => return json(StatusCode::OK, &json!({ "status": "healthy" })),
+        Route::Health => {
+            return json(
+                StatusCode::OK,
+                &view::Health {
+                    status: "healthy".into(),
+                },
+            )
+        }
+        Route::OpenApi => return openapi::response(),
         _ => {}
     }
     authorized(sh, route, req, peer)
@@ -153,8 +165,8 @@ fn list(sh: &Shared, req: &Request<Incoming>) -> Result<Response<Body>, Failure>
         Some(u) => sh.lifecycle.registry.of_user(&user(u)?),
         None => sh.lifecycle.registry.all(),
     };
-    let items: Vec<_> = all.iter().map(|i| view::instance(sh, i)).collect();
-    Ok(json(StatusCode::OK, &json!({ "instances": items })))
+    let instances = all.iter().map(|i| view::instance(sh, i)).collect();
+    Ok(json(StatusCode::OK, &view::InstanceList { instances }))
 }
 
 fn status(sh: &Shared, req: &Request<Incoming>) -> Result<Response<Body>, Failure> {
@@ -163,7 +175,10 @@ fn status(sh: &Shared, req: &Request<Incoming>) -> Result<Response<Body>, Failur
     let i = lookup(sh, id)?;
     Ok(json(
         StatusCode::OK,
-        &json!({ "instance_id": i.id.as_str(), "status": i.state().as_str() }),
+        &view::StatusView {
+            instance_id: i.id.as_str().to_owned(),
+            status: i.state(),
+        },
     ))
 }
 
@@ -231,7 +246,10 @@ async fn delete(sh: &Arc<Shared>, id: &str) -> Result<Response<Body>, Failure> {
         .map_err(|e| failure(e, "delete_failed"))?;
     Ok(json(
         StatusCode::OK,
-        &json!({ "instance_id": inst.id.as_str(), "status": "Deleted" }),
+        &view::Deleted {
+            instance_id: inst.id.as_str().to_owned(),
+            status: "Deleted".into(),
+        },
     ))
 }
 
@@ -291,14 +309,14 @@ async fn workspace(sh: &Arc<Shared>, user_id: &str) -> Result<Response<Body>, Fa
         .unwrap_or_else(|| sh.defaults.storage_size.clone());
     Ok(json(
         StatusCode::OK,
-        &json!({
-            "user_id": user.as_str(),
-            "workspace_exists": info.exists,
-            "storage_size": storage,
-            "status": if info.exists { "Bound" } else { "NotFound" },
-            "creation_time": info.created_at.map(view::rfc3339_secs),
-            "active_instances": active,
-            "instances": instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
-        }),
+        &view::WorkspaceView {
+            user_id: user.as_str().to_owned(),
+            workspace_exists: info.exists,
+            storage_size: storage,
+            status: if info.exists { "Bound" } else { "NotFound" }.into(),
+            creation_time: info.created_at.map(view::rfc3339_secs),
+            active_instances: active as u64,
+            instances: instances.iter().map(|i| i.id.as_str().to_owned()).collect(),
+        },
     ))
 }

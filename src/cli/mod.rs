@@ -1,7 +1,11 @@
 //! The client subcommands (`create`, `list`, `get`, `delete`, `status`, `start`, `stop`,
 //! `rotate-token`, `keepalive`, `workspace`): call the API and print results for people, or
 //! the JSON with `--json`.
-//! Without flags they find the local server through its data directory.
+//! Without flags they find the local server through its data directory; `list` prints an
+//! aligned table ([`table`]).
+
+mod progress;
+mod table;
 
 use crate::config::{default_data_dir, ClientConfig, Command, CreateArgs, KeepaliveArgs};
 use crate::outbound::{system_roots, Outbound};
@@ -23,9 +27,12 @@ pub enum CliError {
     },
     #[error("{message} (HTTP {status})")]
     Api { status: u16, message: String },
+    #[error("the start failed: {0}")]
+    StartFailed(String),
 }
 
 /// A resolved connection to the API.
+#[derive(Clone)]
 struct Api {
     base: String,
     token: Option<String>,
@@ -165,11 +172,26 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
             if !a.client.json {
                 println!("Instance created.");
                 print_access(&v);
-                println!(
-                    "{:<16} {} (starts when the URL is first opened)",
-                    "Status",
-                    field(&v, "status")
-                );
+            }
+            if !(a.start || a.wait.wait) {
+                if !a.client.json {
+                    println!(
+                        "{:<16} {} (starts when the URL is first opened)",
+                        "Status",
+                        field(&v, "status")
+                    );
+                }
+                return finish(&a.client, &v);
+            }
+            let id = field(&v, "instance_id").to_owned();
+            let started = if a.wait.wait {
+                progress::start(&api, &id, a.client.json).await?
+            } else {
+                api.call(Method::POST, &format!("/instances/{id}/start"), None)
+                    .await?
+            };
+            if !a.client.json {
+                println!("{:<16} {}", "Status", field(&started, "status"));
             }
             (a.client, v)
         }
@@ -184,14 +206,8 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
                 let items = v["instances"].as_array().cloned().unwrap_or_default();
                 if items.is_empty() {
                     println!("No instances.");
-                }
-                for i in &items {
-                    println!(
-                        "{:<24} {:<10} {}",
-                        field(i, "instance_id"),
-                        field(i, "status"),
-                        field(i, "url")
-                    );
+                } else {
+                    print!("{}", table::instances(&items));
                 }
             }
             (client, v)
@@ -234,14 +250,18 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
             }
             (a.client, v)
         }
-        Command::Start(a) => {
-            let v = Api::resolve(&a.client)?
-                .call(
+        Command::Start { instance: a, wait } => {
+            let api = Api::resolve(&a.client)?;
+            let v = if wait.wait {
+                progress::start(&api, &a.instance_id, a.client.json).await?
+            } else {
+                api.call(
                     Method::POST,
                     &format!("/instances/{}/start", a.instance_id),
                     None,
                 )
-                .await?;
+                .await?
+            };
             if !a.client.json {
                 println!("{}: {}", field(&v, "instance_id"), field(&v, "status"));
             }
@@ -299,10 +319,18 @@ pub async fn run(cmd: Command) -> Result<(), CliError> {
             }
             (client, v)
         }
-        Command::Serve(_) | Command::Cert { .. } | Command::InstallCli { .. } => return Ok(()),
+        Command::Serve(_)
+        | Command::Cert { .. }
+        | Command::InstallCli { .. }
+        | Command::Completions { .. } => return Ok(()),
     };
+    finish(&client, &out)
+}
+
+/// With `--json`, the answer as it came.
+fn finish(client: &crate::config::ClientConfig, out: &Value) -> Result<(), CliError> {
     if client.json {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(out).unwrap_or_default());
     }
     Ok(())
 }

@@ -74,6 +74,19 @@ pub struct CreateArgs {
     /// Seconds before an idle stop that open pages show a notice (0: none).
     #[arg(long)]
     pub idle_notice: Option<u64>,
+    /// Start it once created.
+    #[arg(long)]
+    pub start: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[command(flatten)]
     pub client: ClientConfig,
+}
+
+/// Following a start.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Show the start's phases as they happen; exit non-zero with the reason if it fails.
+    #[arg(long)]
+    pub wait: bool,
 }

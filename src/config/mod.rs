@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod client;
 mod serve;
-pub use client::{ClientConfig, CreateArgs, InstanceArgs, KeepaliveArgs};
+pub use client::{ClientConfig, CreateArgs, InstanceArgs, KeepaliveArgs, WaitArgs};
 pub use serve::{LogFormat, ServeConfig};
 
 #[derive(Debug, Parser)]
@@ -42,7 +42,12 @@ pub enum Command {
     /// Show an instance's status.
     Status(InstanceArgs),
     /// Start an instance and wait until it is running.
-    Start(InstanceArgs),
+    Start {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Stop an instance (scale to zero); its files stay.
     Stop(InstanceArgs),
     /// Give an instance a new access token; the old one, and cookies holding it, stop working.
@@ -72,6 +77,8 @@ pub enum Command {
         )]
         download_url: String,
     },
+    /// Print shell completions for bash, zsh or fish.
+    Completions { shell: clap_complete::Shell },
     /// Generate a CA and server certificate into a directory (kept if already there).
     Cert {
         #[arg(long, default_value = "certs")]

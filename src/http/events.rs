@@ -15,8 +15,31 @@ use tokio::sync::mpsc;
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// The `data` of each event.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StatusEvent<'a> {
+    pub state: State,
+    /// Start progress while starting; the reason when failed.
+    pub message: &'a str,
+}
+
+/// One event as a client parses it (the document's schema of the stream).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    /// `status`, then `ready` or `failed`.
+    #[schema(pattern = "^(status|ready|failed)$")]
+    event: String,
+    /// A [`StatusEvent`] as JSON.
+    data: String,
+}
+
 fn event(name: &str, s: &Status) -> Bytes {
-    let data = serde_json::json!({ "state": s.state.as_str(), "message": s.message });
+    let data = serde_json::to_string(&StatusEvent {
+        state: s.state,
+        message: &s.message,
+    })
+    .unwrap_or_default();
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 

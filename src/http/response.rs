@@ -23,17 +23,39 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Body) -> Resp
     r
 }
 
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    with_type(status, "application/json", full(json_bytes(value)))
+}
+
+/// `value` as JSON and a newline.
+pub fn json_bytes(value: &impl serde::Serialize) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(value).unwrap_or_default();
     bytes.push(b'\n');
+    bytes
+}
+
+/// JSON already serialized.
+pub fn json_raw(status: StatusCode, bytes: &'static [u8]) -> Response<Body> {
     with_type(status, "application/json", full(bytes))
+}
+
+/// Every failure: a stable code and a message saying what to fix.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: `unauthorized`, `not_found`, `invalid_<field>` (the field that is
+    /// wrong), `invalid_json`, `not_running`, `too_many_instances`, `start_failed`, …
+    pub error: String,
+    pub message: String,
 }
 
 /// An error a client can act on: a stable code and a message saying what to fix.
 pub fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response<Body> {
     json(
         status,
-        &serde_json::json!({ "error": code, "message": message.to_string() }),
+        &ErrorBody {
+            error: code.to_owned(),
+            message: message.to_string(),
+        },
     )
 }
 

@@ -10,11 +10,14 @@ use http::Method;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
-    Root,
+    /// The console: its page at `/` and its files under `/console/`.
+    Console(crate::console::Asset),
     /// `/metrics`: Prometheus text format, behind the admin token.
     Metrics,
     Banner,
     Health,
+    /// `/api/openapi.json`: the API's OpenAPI document.
+    OpenApi,
     ListInstances,
     CreateInstance,
     GetInstance(&'a str),
@@ -161,8 +164,12 @@ pub fn route<'a>(site: Site<'_>, method: &Method, path: &'a str) -> Route<'a> {
             Route::NotFound
         };
     }
-    if path == "/" {
-        return Route::Root;
+    if let Some(asset) = crate::console::Asset::at(path) {
+        return if method == Method::GET || method == Method::HEAD {
+            Route::Console(asset)
+        } else {
+            Route::MethodNotAllowed("GET, HEAD")
+        };
     }
     if path == "/metrics" {
         return only(method == Method::GET, "GET", Route::Metrics);
@@ -176,6 +183,7 @@ pub fn route<'a>(site: Site<'_>, method: &Method, path: &'a str) -> Route<'a> {
     match segs.as_slice() {
         [""] => only(get, "GET", Route::Banner),
         ["health"] => only(get, "GET", Route::Health),
+        ["openapi.json"] => only(get, "GET", Route::OpenApi),
         ["instances"] | ["instances", ""] => {
             if get {
                 Route::ListInstances

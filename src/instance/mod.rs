@@ -151,20 +151,31 @@ impl fmt::Display for InstanceId {
 }
 
 /// What a client asks for when creating an instance. Fields left out take server defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
     pub user_id: String,
+    #[schema(pattern = "^[a-z0-9]{1,20}(/[a-z0-9]{1,20}){0,2}(:[a-z0-9]{1,10})?$")]
     pub base_image: Option<String>,
+    #[schema(pattern = "^(latest|[0-9]{1,5}[.][0-9]{1,5}([.][0-9]{1,5})?)$")]
     pub vscode_version: Option<String>,
+    #[schema(pattern = "^[1-9][0-9]{0,3}(Mi|Gi)$")]
     pub storage_size: Option<String>,
+    #[schema(pattern = "^[1-9][0-9]{0,3}(Mi|Gi)$")]
     pub memory_request: Option<String>,
+    #[schema(pattern = "^[1-9][0-9]{0,3}(Mi|Gi)$")]
     pub memory_limit: Option<String>,
+    /// At most `cpu_limit` (and `memory_request` at most `memory_limit`).
+    #[schema(pattern = "^([1-9][0-9]{0,3}m|[1-9][0-9]?)$")]
     pub cpu_request: Option<String>,
+    #[schema(pattern = "^([1-9][0-9]{0,3}m|[1-9][0-9]?)$")]
     pub cpu_limit: Option<String>,
-    /// Seconds without activity before the instance is stopped.
+    /// Seconds without activity before the instance is stopped (at most 86400 by default).
+    #[schema(minimum = 1, maximum = 86400)]
     pub idle_timeout: Option<u64>,
-    /// Seconds before an idle stop that open pages show a notice (0: no notice).
+    /// Seconds before an idle stop that open pages show a notice (0: none); ≤ `idle_timeout`.
+    #[schema(minimum = 0, maximum = 86400)]
     pub idle_notice: Option<u64>,
 }
 
