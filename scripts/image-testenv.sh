@@ -144,16 +144,22 @@ build_image() {
   cargo fetch --locked >&2
   mkdir -p "$CACHE/target"
   log "podman build -t $IMAGE (toolchain $("$sysroot/bin/rustc" --version))"
-  local t0=$SECONDS
+  local t0=$SECONDS old new
+  old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   # Limits on the command line too: a --ulimit replaces all of containers.conf's, and buildah
   # has defaults of its own above them.
-  podman build --network none -t "$IMAGE" "${ULIMITS[@]}" \
+  # --layers=false: no intermediate image per build (the build stage holds ~350 MB) piling up
+  # with every change; the mounted target directory is what makes a rebuild fast.
+  podman build --layers=false --network none -t "$IMAGE" "${ULIMITS[@]}" \
     --build-arg CARGO_NET_OFFLINE=true \
     --build-arg CARGO_TARGET_DIR=/cargo-target \
     --volume "$sysroot:/usr/local/rust:ro" \
     --volume "$cargo_home/registry:/usr/local/cargo/registry" \
     --volume "$CACHE/target:/cargo-target" \
     . >&2
+  new=$(podman image inspect --format '{{.Id}}' "$IMAGE")
+  # The previous build, now untagged (a container still using it keeps it).
+  if [[ -n "$old" && "$old" != "$new" ]]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
   log "built $IMAGE in $((SECONDS - t0)) s"
 }
 
