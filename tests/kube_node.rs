@@ -66,6 +66,9 @@ fn a_real_kubelet_runs_the_project_image_as_a_pod() {
         .stdout
             == b"True"
     });
+    // The API server reaches the kubelet: logs through the API.
+    let logs = cp.ok(&["-n", "default", "logs", "proxy"]);
+    assert!(logs.contains("listening on"), "{logs}");
     let ip = cp.ok(&[
         "-n",
         "default",

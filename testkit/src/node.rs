@@ -130,6 +130,12 @@ state = "{d}/containerd-state"
             socket: socket.clone(),
             procs,
         };
+        // The bridge exists before the first pod (the CNI plugin takes it as it is), so the
+        // kubelet can listen on its address and register it as the node's.
+        let gateway = format!("{}/24", node.gateway());
+        run(Command::new("ip").args(["link", "add", &node.bridge, "type", "bridge"]));
+        run(Command::new("ip").args(["addr", "add", &gateway, "dev", &node.bridge]));
+        run(Command::new("ip").args(["link", "set", &node.bridge, "up"]));
         node.procs.push(Proc::spawn(
             "containerd",
             vec![
@@ -145,7 +151,7 @@ state = "{d}/containerd-state"
         for image in std::iter::once(PAUSE_IMAGE).chain(images.iter().copied()) {
             node.load(image);
         }
-        let port = TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind((node.gateway().as_str(), 0))
             .unwrap()
             .local_addr()
             .unwrap()
@@ -169,7 +175,7 @@ state = "{d}/containerd-state"
                 s("--enforce-node-allocatable=".into()),
                 s("--fail-swap-on=false".into()),
                 s(format!("--pod-infra-container-image={PAUSE_IMAGE}")),
-                s("--address=127.0.0.1".into()),
+                s(format!("--address={}", node.gateway())),
                 s(format!("--port={port}")),
                 s("--read-only-port=0".into()),
                 s("--healthz-port=0".into()),
@@ -177,7 +183,7 @@ state = "{d}/containerd-state"
                 s("--eviction-hard=".into()),
                 s("--register-node=true".into()),
                 // The API server reaches the kubelet (logs, exec) where it listens.
-                s("--node-ip=127.0.0.1".into()),
+                s(format!("--node-ip={}", node.gateway())),
                 s("--v=2".into()),
             ],
             dir.join("kubelet.log"),
@@ -213,8 +219,8 @@ state = "{d}/containerd-state"
             .expect("run ctr")
     }
 
-    /// What the containers of pod `ns/pod` printed, from the files the kubelet keeps in
-    /// `/var/log/pods` (the API server cannot reach this kubelet for `kubectl logs`).
+    /// What the containers of pod `ns/pod` printed, every run of them, from the files the
+    /// kubelet keeps in `/var/log/pods` (`kubectl logs` shows one run).
     pub fn container_logs(&self, ns: &str, pod: &str) -> String {
         let prefix = format!("{ns}_{pod}_");
         let mut out = String::new();
