@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the binaries of a throw-away Kubernetes control plane (etcd +
-# kube-apiserver + kube-controller-manager, plus kubectl) for the integration
-# tests, which start and supervise them (testkit/src/control_plane/).
+# kube-apiserver + kube-controller-manager, plus kubectl) and a kubelet for the
+# integration tests, which start and supervise them (testkit/src/control_plane/).
 #
 #   scripts/kube-testenv.sh build       build the binaries once into the cache
 #
@@ -34,7 +34,7 @@ set -euo pipefail
 
 CACHE="${VOD_CACHE:-$HOME/.cache/vscode-on-demand}/kube"
 BIN="$CACHE/bin"
-KUBE_BINS=(kube-apiserver kube-controller-manager kubectl)
+KUBE_BINS=(kube-apiserver kube-controller-manager kubectl kubelet)
 BULLSEYE_MIRROR="${VOD_BULLSEYE_MIRROR:-http://deb.debian.org/debian}"
 GO_ROOT=/usr/lib/go-1.15
 
@@ -61,11 +61,17 @@ as_root() {
   fi
 }
 
-have_all_bins() {
+# The binaries not yet in the cache: only those are built (a cache made before
+# the kubelet was added builds just the kubelet).
+missing_bins() {
   local b
   for b in "${KUBE_BINS[@]}"; do
-    [[ -x "$BIN/$b" ]] || return 1
+    [[ -x "$BIN/$b" ]] || printf '%s\n' "$b"
   done
+}
+
+have_all_bins() {
+  [[ -z "$(missing_bins)" ]]
 }
 
 pkg_installed() {
@@ -177,7 +183,9 @@ cmd_build() {
   install_deps
   [[ -x "$GO_ROOT/bin/go" ]] || die "$GO_ROOT/bin/go missing after installing golang-1.15-go"
 
-  local dl="$CACHE/dl" work="$CACHE/build" tarball src t0
+  local dl="$CACHE/dl" work="$CACHE/build" tarball src t0 build=() what=() b
+  mapfile -t build < <(missing_bins)
+  for b in "${build[@]}"; do what+=("cmd/$b"); done
   mkdir -p "$dl"
   tarball=$(fetch_source "$dl")
   rm -rf "$work"
@@ -187,7 +195,7 @@ cmd_build() {
   tar -xzf "$tarball" -C "$src" --strip-components=1
 
   t0=$SECONDS
-  log "compiling ${KUBE_BINS[*]} with $("$GO_ROOT/bin/go" version) (about 15 min on 2 cores)"
+  log "compiling ${build[*]} with $("$GO_ROOT/bin/go" version) (about 15 min on 2 cores)"
   # GO111MODULE=off is forced by hack/lib/init.sh (GOPATH build over
   # vendor/), where any -mod flag in GOFLAGS is a hard error, so GOFLAGS is
   # cleared; GOPROXY=off makes any attempt to reach the network fail loudly.
@@ -197,13 +205,12 @@ cmd_build() {
     cd "$src"
     env -u GOROOT -u GOPATH -u GOBIN \
       PATH="$GO_ROOT/bin:$PATH" GOFLAGS= GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local \
-      make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl"
+      make WHAT="${what[*]}"
   ) >&2
   log "compiled in $((SECONDS - t0)) s"
 
   mkdir -p "$BIN"
-  local b
-  for b in "${KUBE_BINS[@]}"; do
+  for b in "${build[@]}"; do
     install -m 0755 "$src/_output/local/bin/linux/amd64/$b" "$BIN/.$b.tmp"
     mv -f "$BIN/.$b.tmp" "$BIN/$b"
   done

@@ -8,6 +8,10 @@ eval "$(bash scripts/install-test-deps.sh)"
 # The Kubernetes tests run against a real API server built from source: ~10 minutes the first
 # time, a no-op once it is in the cache.
 bash scripts/kube-testenv.sh build
+# The project's image from the Dockerfile, with podman and base images made from Debian (no
+# container registry is reachable): ~3 min of installs and base images the first time, then a
+# cached release build; tests/image.rs runs it.
+eval "$(bash scripts/image-testenv.sh build)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # `cargo test` builds a package's own binaries for its integration tests, but not those of the

@@ -12,6 +12,8 @@
 //! - [`process`]: stopping children, `/proc` reading, log tails, a poison-proof lock.
 //! - [`tls`]: the clients' TLS configurations.
 //! - [`control_plane`] and [`kube`]: a real Kubernetes control plane, `kubectl`, `vod-kubelet`.
+//! - [`image`]: the project's container image and the proxy run from it with podman.
+//! - [`node`]: a real node for it: containerd and a kubelet built from the same source.
 //! - [`browser`]: code-server, Chromium and the browser scripts of the end-to-end tests.
 //! - [`vscode_cli`]: a stand-in VS Code CLI and the update service that serves it.
 //!
@@ -22,7 +24,9 @@ pub mod browser;
 pub mod client;
 pub mod control_plane;
 pub mod fixture;
+pub mod image;
 pub mod kube;
+pub mod node;
 pub mod process;
 pub mod server;
 pub mod tls;

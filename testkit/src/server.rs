@@ -32,13 +32,26 @@ impl Server {
     }
 
     pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(bins::product())
-            .arg("serve")
+        let mut cmd = Command::new(bins::product());
+        cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
             .env("VOD_LOG", "info,vscode_on_demand=debug")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        let cert_dir = args
+            .iter()
+            .position(|a| *a == "--cert-dir")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(|| data_dir.join("certs"), PathBuf::from);
+        Self::spawn(cmd, data_dir, &cert_dir)
+    }
+
+    /// Runs `cmd`, a `serve` that listens on `127.0.0.1:0` with its data in `data_dir` as this
+    /// process sees it (the product itself, or a container of its image), and waits for its
+    /// banner. Its stderr goes to `<data_dir>.server.log`.
+    pub fn spawn(mut cmd: Command, data_dir: &Path, cert_dir: &Path) -> Server {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
@@ -48,7 +61,7 @@ impl Server {
                     .unwrap(),
             ))
             .spawn()
-            .expect("run vscode-on-demand");
+            .unwrap_or_else(|e| panic!("run {:?}: {e}", cmd.get_program()));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut stdout = Vec::new();
         let addr: SocketAddr = loop {
@@ -79,11 +92,6 @@ impl Server {
         let token = std::fs::read_to_string(data_dir.join("admin-token"))
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        let cert_dir = args
-            .iter()
-            .position(|a| *a == "--cert-dir")
-            .and_then(|i| args.get(i + 1))
-            .map_or_else(|| data_dir.join("certs"), PathBuf::from);
         let tls = client_tls(&cert_dir.join("ca.crt"));
         let host_routing = stdout.iter().any(|l| l.contains("Routing:    host"));
         Server {

@@ -268,6 +268,8 @@ fn try_launch(state: &Path, pki: &Path, bin: &Path) -> Result<Launched, StartFai
             s(&format!("--service-cluster-ip-range={SERVICE_CIDR}")),
             s("--endpoint-reconciler-type=none"),
             s("--allow-privileged=true"),
+            // A test node's name resolves nowhere: logs and exec go to its address.
+            s("--kubelet-preferred-address-types=InternalIP"),
             s("--profiling=false"),
         ],
         state.join("kube-apiserver.log"),
