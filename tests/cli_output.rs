@@ -2,16 +2,8 @@
 //! API's answer, and shell completions.
 
 use serde_json::{json, Value};
-use std::process::{Command, Output};
+use std::process::Command;
 use vod_testkit::*;
-
-fn client(s: &Server, args: &[&str]) -> Output {
-    Command::new(product())
-        .args(args)
-        .args(["--data-dir", s.data_dir.to_str().unwrap()])
-        .output()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn list_is_an_aligned_table_and_json_is_the_answer() {
@@ -19,7 +11,7 @@ async fn list_is_an_aligned_table_and_json_is_the_answer() {
     let s = &f.server;
     let a = s.create(json!({"user_id": "al"})).await;
     let b = s.create(json!({"user_id": "a-much-longer-user"})).await;
-    let out = client(s, &["list"]);
+    let out = s.client(&["list"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -49,7 +41,7 @@ async fn list_is_an_aligned_table_and_json_is_the_answer() {
         );
     }
 
-    let out = client(s, &["list", "--json"]);
+    let out = s.client(&["list", "--json"]);
     assert!(out.status.success(), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["instances"].as_array().unwrap().len(), 2, "{v}");

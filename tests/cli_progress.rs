@@ -3,23 +3,15 @@
 //! from util-linux), and a failed start's reason with a non-zero exit.
 
 use serde_json::json;
-use std::process::{Command, Output};
+use std::process::Command;
 use vod_testkit::*;
-
-fn client(s: &Server, args: &[&str]) -> Output {
-    Command::new(product())
-        .args(args)
-        .args(["--data-dir", s.data_dir.to_str().unwrap()])
-        .output()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn start_wait_shows_phases_as_lines_and_in_a_terminal() {
     let f = Fixture::new(1500, &[]);
     let s = &f.server;
     let c = s.create(json!({"user_id": "waiter"})).await;
-    let out = client(s, &["start", "--instance-id", &c.id, "--wait"]);
+    let out = s.client(&["start", "--instance-id", &c.id, "--wait"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{out:?}");
     let lines: Vec<&str> = text.lines().collect();
@@ -72,7 +64,7 @@ async fn start_wait_shows_phases_as_lines_and_in_a_terminal() {
         None,
     )
     .await;
-    let out = client(s, &["start", "--instance-id", &c.id, "--wait", "--json"]);
+    let out = s.client(&["start", "--instance-id", &c.id, "--wait", "--json"]);
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], "Running");
@@ -92,7 +84,7 @@ async fn a_failed_start_exits_non_zero_with_its_reason() {
         vec!["start", "--instance-id", c.id.as_str(), "--wait"],
         vec!["create", "--user-id", "doomed", "--start", "--wait"],
     ] {
-        let out = client(&s, &args);
+        let out = s.client(&args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");

@@ -143,6 +143,16 @@ impl Server {
         self.child.id() as i32
     }
 
+    /// Runs a client subcommand of the product against this server (it finds the server and
+    /// the API token through the data directory) and returns what it printed.
+    pub fn client(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(crate::product())
+            .args(args)
+            .args(["--data-dir", self.data_dir.to_str().unwrap()])
+            .output()
+            .unwrap()
+    }
+
     /// Sends SIGTERM and returns at once (the server drains meanwhile).
     pub fn sigterm(&self) {
         let _ = nix::sys::signal::kill(
