@@ -184,9 +184,11 @@ start_vod() {
   shift 3
   mkdir -p "$dir"
   # No sandbox: the measured path is the proxy's, and case 7's instance script and trace
-  # live in the data directory, which a sandbox hides.
+  # live in the data directory, which a sandbox hides. Every load comes from 127.0.0.1, so the
+  # per-client connection cap is raised to the total (case 6 holds 9 900 WebSockets).
   NO_COLOR=1 VOD_LOG=info taskset -c "$PROXY_CPU" "$VOD" serve --listen "127.0.0.1:$port" \
-    --data-dir "$dir" --runtime command --command "$cmd" --sandbox none --max-connections 19500 "${ROUTING[@]}" "$@" \
+    --data-dir "$dir" --runtime command --command "$cmd" --sandbox none --max-connections 19500 \
+    --max-connections-per-client 19500 "${ROUTING[@]}" "$@" \
     >"$dir/server.out" 2>"$dir/server.log" &
   VOD_PID=$!
   PIDS+=("$VOD_PID")
