@@ -3,7 +3,7 @@
 //! with the admin token, which the page keeps in the tab's sessionStorage and sends as a
 //! bearer token to the API; it never becomes a cookie or part of a URL.
 
-use crate::http::response::full;
+use crate::http::response::{confine_page, full};
 use crate::http::Body;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -44,18 +44,7 @@ pub fn serve(asset: Asset) -> Response<Body> {
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    confine_page(h, CSP);
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
 }

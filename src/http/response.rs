@@ -62,12 +62,19 @@ pub fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) ->
 /// Our own pages: no framing by others, no referrer, scripts only from this origin.
 pub fn html(status: StatusCode, page: String) -> Response<Body> {
     let mut r = with_type(status, "text/html; charset=utf-8", full(page));
-    let h = r.headers_mut();
+    confine_page(
+        r.headers_mut(),
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    );
+    r
+}
+
+/// The headers every page of ours carries: its content security policy, no referrer, and
+/// no content-type sniffing.
+pub fn confine_page(h: &mut http::HeaderMap, csp: &'static str) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-        ),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::REFERRER_POLICY,
@@ -77,7 +84,6 @@ pub fn html(status: StatusCode, page: String) -> Response<Body> {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    r
 }
 
 pub fn with_header(
