@@ -575,8 +575,29 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     assert_eq!(cms["items"], json!([]), "no ConfigMaps");
 
     // First visit: the pod is scheduled, VS Code installed by the init container, then proxied.
+    let before = a.scrape().await;
+    let visit = std::time::Instant::now();
     let r = a.fetch(&c, Method::GET, "/echo/first", "").await;
+    let visit = visit.elapsed().as_secs_f64();
     assert_eq!(r.status(), StatusCode::OK, "{}", diagnose(&cp, tmp.path()));
+    // The cold start's phases, as an operator sees them: each counted once, the pod's scheduling
+    // and init container (which downloads VS Code) in the cluster's own phases, and together no
+    // longer than the visit that waited for them.
+    let after = a.scrape().await;
+    let seconds = |p: &str| after.phase_seconds(p) - before.phase_seconds(p);
+    for p in PHASES {
+        assert_eq!(
+            after.phase_count(p) - before.phase_count(p),
+            1.0,
+            "kube cold start phase {p} counted once"
+        );
+    }
+    let total: f64 = PHASES.iter().map(|p| seconds(p)).sum();
+    assert!(
+        seconds("spawned") + seconds("init") > 0.0 && total <= visit,
+        "phases {:?} in a {visit} s visit",
+        PHASES.map(|p| (p, seconds(p)))
+    );
     let v = body_json(r).await;
     assert_eq!(
         v["path"],

@@ -7,56 +7,9 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vod_testkit::*;
-
-const PHASES: [&str; 6] = [
-    "queued",
-    "spawned",
-    "init",
-    "listening",
-    "ready",
-    "first_byte",
-];
-
-/// Sample lines (`name{labels} value`) → value.
-fn parse(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn get_metrics(s: &Server, token: Option<&str>) -> (StatusCode, String) {
-    let mut b = s.request(Method::GET, "/metrics");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let r = s.send(b.body(Full::<Bytes>::default()).unwrap()).await;
-    (r.status(), body_text(r).await)
-}
-
-async fn scrape(s: &Server) -> HashMap<String, f64> {
-    let (status, text) = get_metrics(s, Some(&s.token)).await;
-    assert_eq!(status, StatusCode::OK, "{text}");
-    parse(&text)
-}
-
-fn val(m: &HashMap<String, f64>, key: &str) -> f64 {
-    m.get(key).copied().unwrap_or(0.0)
-}
-
-fn phase_count(m: &HashMap<String, f64>, phase: &str) -> f64 {
-    val(
-        m,
-        &format!("vod_cold_start_phase_seconds_count{{phase=\"{phase}\"}}"),
-    )
-}
 
 /// Visits until the instance's own page comes back (not the starting page).
 async fn cold_start(s: &Server, c: &Created) {
@@ -75,65 +28,52 @@ async fn metrics_follow_cold_starts_stops_and_refused_tokens() {
     let f = Fixture::new(300, &["--auth-failures-per-minute", "2"]);
     let s = &f.server;
 
-    let (status, _) = get_metrics(s, None).await;
+    let (status, _) = s.metrics_page(None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "/metrics needs the token");
-    let (status, _) = get_metrics(s, Some("not-the-admin-token-at-all")).await;
+    let (status, _) = s.metrics_page(Some("not-the-admin-token-at-all")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let before = scrape(s).await;
-    assert_eq!(val(&before, "vod_instance_starts_total"), 0.0);
-    assert_eq!(
-        val(&before, "vod_auth_failures_total{endpoint=\"api\"}"),
-        1.0
-    );
+    let before = s.scrape().await;
+    assert_eq!(before.val("vod_instance_starts_total"), 0.0);
+    assert_eq!(before.val("vod_auth_failures_total{endpoint=\"api\"}"), 1.0);
     for p in PHASES {
-        assert_eq!(phase_count(&before, p), 0.0, "{p}");
+        assert_eq!(before.phase_count(p), 0.0, "{p}");
     }
 
     let c = s.create(json!({"user_id": "alice"})).await;
     cold_start(s, &c).await;
-    let m = scrape(s).await;
-    assert_eq!(val(&m, "vod_instance_starts_total"), 1.0);
+    let m = s.scrape().await;
+    assert_eq!(m.val("vod_instance_starts_total"), 1.0);
     for p in PHASES {
-        assert_eq!(phase_count(&m, p), 1.0, "phase {p} counted once");
+        assert_eq!(m.phase_count(p), 1.0, "phase {p} counted once");
     }
     assert!(
-        val(&m, "vod_cold_start_phase_seconds_sum{phase=\"listening\"}") > 0.2,
+        m.phase_seconds("listening") > 0.2,
         "the instance's 300 ms before listening show in its phase"
     );
-    assert_eq!(val(&m, "vod_instances{state=\"Running\"}"), 1.0);
-    assert!(
-        val(
-            &m,
-            "vod_http_requests_total{class=\"proxy\",status=\"2xx\"}"
-        ) >= 2.0
-    );
-    assert!(val(&m, "vod_http_requests_total{class=\"api\",status=\"2xx\"}") >= 2.0);
-    assert!(val(&m, "vod_http_requests_total{class=\"api\",status=\"4xx\"}") >= 2.0);
-    assert!(
-        val(
-            &m,
-            "vod_http_request_duration_seconds_count{class=\"proxy\"}"
-        ) >= 2.0
-    );
-    assert!(val(&m, "vod_proxied_bytes_total{direction=\"to_client\"}") >= 5.0);
-    assert!(val(&m, "vod_open_connections") >= 1.0);
+    assert_eq!(m.val("vod_instances{state=\"Running\"}"), 1.0);
+    assert!(m.val("vod_http_requests_total{class=\"proxy\",status=\"2xx\"}") >= 2.0);
+    assert!(m.val("vod_http_requests_total{class=\"api\",status=\"2xx\"}") >= 2.0);
+    assert!(m.val("vod_http_requests_total{class=\"api\",status=\"4xx\"}") >= 2.0);
+    assert!(m.val("vod_http_request_duration_seconds_count{class=\"proxy\"}") >= 2.0);
+    assert!(m.val("vod_proxied_bytes_total{direction=\"to_client\"}") >= 5.0);
+    assert!(m.val("vod_open_connections") >= 1.0);
 
     let (status, _) = s
         .api(Method::POST, &format!("/api/instances/{}/stop", c.id), None)
         .await;
     assert_eq!(status, StatusCode::OK);
-    let m = scrape(s).await;
-    assert_eq!(val(&m, "vod_instance_stops_total{reason=\"api\"}"), 1.0);
-    assert_eq!(val(&m, "vod_instances{state=\"Running\"}"), 0.0);
-    assert_eq!(val(&m, "vod_instances{state=\"Stopped\"}"), 1.0);
+    let m = s.scrape().await;
+    assert_eq!(m.val("vod_instance_stops_total{reason=\"api\"}"), 1.0);
+    assert_eq!(m.val("vod_instances{state=\"Running\"}"), 0.0);
+    assert_eq!(m.val("vod_instances{state=\"Stopped\"}"), 1.0);
 
     cold_start(s, &c).await;
-    let m = scrape(s).await;
-    assert_eq!(val(&m, "vod_instance_starts_total"), 2.0);
+    let m = s.scrape().await;
+    assert_eq!(m.val("vod_instance_starts_total"), 2.0);
     for p in PHASES {
         assert_eq!(
-            phase_count(&m, p),
+            m.phase_count(p),
             2.0,
             "phase {p} counted once per cold start"
         );
@@ -146,11 +86,11 @@ async fn metrics_follow_cold_starts_stops_and_refused_tokens() {
         .websocket(&path, Some(&s.cookie(&c.token)), Some(&origin))
         .await
         .expect("websocket");
-    let m = scrape(s).await;
-    assert_eq!(val(&m, "vod_websocket_tunnels"), 1.0);
+    let m = s.scrape().await;
+    assert_eq!(m.val("vod_websocket_tunnels"), 1.0);
     drop(ws);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while val(&scrape(s).await, "vod_websocket_tunnels") != 0.0 {
+    while s.scrape().await.val("vod_websocket_tunnels") != 0.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the tunnel stays counted"
@@ -171,9 +111,9 @@ async fn metrics_follow_cold_starts_stops_and_refused_tokens() {
         limited |= r.status() == StatusCode::TOO_MANY_REQUESTS;
     }
     assert!(limited, "the guess limit was reached");
-    let m = scrape(s).await;
-    assert!(val(&m, "vod_auth_failures_total{endpoint=\"instance\"}") >= 3.0);
-    assert!(val(&m, "vod_rate_limited_requests_total") >= 1.0);
+    let m = s.scrape().await;
+    assert!(m.val("vod_auth_failures_total{endpoint=\"instance\"}") >= 3.0);
+    assert!(m.val("vod_rate_limited_requests_total") >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -210,7 +150,7 @@ async fn a_separate_plain_listener_serves_metrics() {
     );
     assert!(get("/api/instances").await.starts_with("HTTP/1.1 404"));
     // The main listener still wants the token.
-    assert_eq!(get_metrics(s, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.metrics_page(None).await.0, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test(flavor = "multi_thread")]

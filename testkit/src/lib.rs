@@ -9,6 +9,7 @@
 //! - [`server`]: starting and stopping the server under test.
 //! - [`client`]: requests to it (HTTP/1.1, HTTP/2, API, WebSocket) and reading answers.
 //! - [`fixture`]: a server with `vod-upstream` instances in a fresh directory; polling.
+//! - [`metrics`]: reading the Prometheus page (samples, cold start phases).
 //! - [`process`]: stopping children, `/proc` reading, log tails, a poison-proof lock.
 //! - [`tls`]: the clients' TLS configurations.
 //! - [`control_plane`] and [`kube`]: a real Kubernetes control plane, `kubectl`, `vod-kubelet`.
@@ -26,6 +27,7 @@ pub mod control_plane;
 pub mod fixture;
 pub mod image;
 pub mod kube;
+pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod server;
@@ -35,6 +37,7 @@ pub mod vscode_cli;
 pub use bins::{kubelet, product, upstream};
 pub use client::{body_json, body_text, Created};
 pub use fixture::{starts, tempdir, unsandboxed, upstream_command, wait_until, Fixture};
+pub use metrics::{Scrape, PHASES};
 pub use process::{log_tail, pid_alive, stop_child};
 pub use server::Server;
 pub use tls::client_tls;

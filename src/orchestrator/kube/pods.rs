@@ -33,12 +33,19 @@ pub fn ready_addr(pod: &Pod) -> Option<SocketAddr> {
     ready.then_some(SocketAddr::new(ip, PORT))
 }
 
-/// The last cold start phase a pod has finished: scheduled on a node, then its volumes and
-/// init containers done (the pod runs).
+/// The last cold start phase a pod has finished: scheduled on a node, then its volumes mounted
+/// and init containers done (the `Initialized` condition; the main container's own start and
+/// readiness come after, in the phases that follow).
 pub fn pod_phase(pod: &Pod) -> Option<super::Phase> {
-    let running = pod.status.as_ref()?.phase.as_deref() == Some("Running");
+    let initialized = pod
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Initialized" && c.status == "True");
     let scheduled = pod.spec.as_ref()?.node_name.is_some();
-    match (scheduled, running) {
+    match (scheduled, initialized) {
         (_, true) => Some(super::Phase::Init),
         (true, false) => Some(super::Phase::Spawned),
         _ => None,
