@@ -25,6 +25,14 @@ async fn start_wait_shows_phases_as_lines_and_in_a_terminal() {
         at("Stopped") < at("Starting") && at("Starting") < at("Running"),
         "{text}"
     );
+    let phase_lines = |what: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with('[') && l.to_lowercase().contains(what))
+            .count()
+    };
+    assert_eq!(phase_lines("running"), 1, "Running once: {text}");
+    assert_eq!(phase_lines("starting: starting"), 0, "no echo: {text}");
     assert!(
         !text.contains('\r') && !text.contains('\x1b'),
         "no terminal codes: {text:?}"

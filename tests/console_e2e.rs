@@ -1,7 +1,7 @@
 //! The console at `/` in headless Chromium (`tests/e2e/console.js`) against a real server whose
 //! instances are the test kit's upstream stand-in (it starts in a second, so the row's
-//! Starting is visible): sign in, create, open, stop, delete, a wrong token and a refused
-//! field. Screenshots are kept in a temporary directory of their own, whose path is printed.
+//! Starting is visible, and the opened tab's starting page): sign in, create, open, stop,
+//! delete, a wrong token and a refused field. Screenshots are kept in a temporary directory of their own, whose path is printed.
 
 use http::Method;
 use std::path::Path;
@@ -80,6 +80,13 @@ async fn sign_in_create_open_stop_delete_in_a_browser() {
     assert!(
         seen.contains(&"Starting") && seen.contains(&"Running"),
         "{seen:?}"
+    );
+    assert!(
+        r["starting_page"]
+            .as_str()
+            .unwrap()
+            .contains("Starting VS Code"),
+        "{r}"
     );
     assert_eq!(r["stop_reason"], "api");
     assert_eq!(r["csp_errors"], serde_json::json!([]), "{r}");

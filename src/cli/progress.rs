@@ -178,7 +178,11 @@ pub(super) async fn start(api: &Api, id: &str, json: bool) -> Result<Value, CliE
                     post.abort();
                     return Err(CliError::StartFailed(e.message));
                 }
-                _ if e.message.is_empty() => display.phase(e.state),
+                // Running is shown once, by the ready event that ends the start.
+                _ if e.state == "Running" => {}
+                _ if e.message.is_empty() || e.message.eq_ignore_ascii_case(&e.state) => {
+                    display.phase(e.state)
+                }
                 _ => display.phase(format!("{}: {}", e.state, e.message)),
             }
         }

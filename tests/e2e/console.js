@@ -2,7 +2,8 @@
 // The console at `/` in headless Chromium: a wrong token is refused with the API's message,
 // the right one signs in; a create with a bad field shows the API's message next to that
 // field; a good one adds a row, which moves Stopped → Starting → Running after "Open", then
-// Stopped after "Stop", and goes away after "Delete". Screenshots of each step.
+// Stopped after "Stop", and goes away after "Delete"; the new tab shows the starting page
+// meanwhile. Screenshots of each step.
 
 const path = require('path');
 const { need, log, poll, launch, run } = require('./common');
@@ -10,9 +11,9 @@ const { need, log, poll, launch, run } = require('./common');
 const shots = need('VOD_E2E_SCREENSHOTS');
 const base = need('VOD_E2E_API').replace(/\/$/, '');
 
-async function shot(out, page, name) {
+async function shot(out, page, name, clip) {
   const p = path.join(shots, `${name}.png`);
-  await page.screenshot({ path: p, fullPage: true });
+  await page.screenshot(clip ? { path: p, clip } : { path: p, fullPage: true });
   out.screenshots.push(p);
   log(`screenshot ${p}`);
 }
@@ -63,6 +64,10 @@ run('console', 120_000, async (out) => {
   const popup = context.waitForEvent('page');
   await page.click(`#row-${id} button[data-action=open]`);
   const tab = await popup;
+  // The tab shows our starting page while the instance starts (a second and a half here).
+  await poll('the starting page', 30_000, async () => /Starting VS Code/.test(await tab.textContent('body').catch(() => '')), 50);
+  out.starting_page = (await tab.textContent('body')).replace(/\s+/g, ' ').trim();
+  await shot(out, tab, 'starting-page', { x: 0, y: 0, width: 1200, height: 260 });
   await poll('Running', 60_000, async () => {
     const s = await status();
     seen.add(s);
