@@ -252,6 +252,9 @@ pub struct Registry {
     // foldhash rather than SipHash: a lookup per request, and only the server adds keys (ids it
     // generated), so there is no flood of chosen keys to resist. Seeded per process.
     map: DashMap<InstanceId, Arc<Instance>, foldhash::fast::RandomState>,
+    /// Instances per user, kept beside the table so that a create's per-user limit does not
+    /// walk every instance (a burst of creates would be quadratic in the table's size).
+    per_user: DashMap<UserId, usize, foldhash::fast::RandomState>,
     clock: Clock,
 }
 
@@ -269,6 +272,7 @@ impl Registry {
     pub fn with_clock(clock: Clock) -> Self {
         Self {
             map: DashMap::default(),
+            per_user: DashMap::default(),
             clock,
         }
     }
@@ -292,11 +296,27 @@ impl Registry {
     }
 
     pub fn insert(&self, inst: Arc<Instance>) {
-        self.map.insert(inst.id.clone(), inst);
+        let user = inst.user.clone();
+        // An id names its user, so a replaced entry was the same user's.
+        if self.map.insert(inst.id.clone(), inst).is_none() {
+            *self.per_user.entry(user).or_insert(0) += 1;
+        }
     }
 
     pub fn remove(&self, id: &InstanceId) -> Option<Arc<Instance>> {
-        self.map.remove(id).map(|(_, v)| v)
+        let (_, inst) = self.map.remove(id)?;
+        if let dashmap::Entry::Occupied(mut e) = self.per_user.entry(inst.user.clone()) {
+            *e.get_mut() = e.get().saturating_sub(1);
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        Some(inst)
+    }
+
+    /// How many instances `user` has.
+    pub fn count_of_user(&self, user: &UserId) -> usize {
+        self.per_user.get(user).map_or(0, |c| *c)
     }
 
     /// A snapshot, sorted by id so listings are stable.
@@ -381,5 +401,47 @@ mod tests {
         assert!(!now.matches(first.expose().as_bytes()));
         let rec = inst.record();
         assert_eq!((rec.access_token, rec.token_generation), (second, 4));
+    }
+
+    #[test]
+    fn per_user_counts_follow_inserts_and_removes() {
+        let reg = Registry::new();
+        let make = |user: &str| {
+            let (user, spec) = CreateRequest {
+                user_id: user.into(),
+                ..Default::default()
+            }
+            .validate(&SpecDefaults::default())
+            .unwrap();
+            reg.instance(InstanceRecord {
+                instance_id: InstanceId::generate(&user),
+                user_id: user,
+                spec,
+                access_token: AccessToken::generate(),
+                token_generation: 0,
+                created_at: 0,
+                last_activity_ms: 0,
+                stop_reason: None,
+            })
+        };
+        let alice: Vec<_> = (0..3).map(|_| make("alice")).collect();
+        let bob = make("bob");
+        for i in alice.iter().chain([&bob]) {
+            reg.insert(i.clone());
+        }
+        reg.insert(alice[0].clone());
+        let user = |u: &str| UserId::try_from(u.to_owned()).unwrap();
+        assert_eq!(
+            reg.count_of_user(&user("alice")),
+            3,
+            "a replaced entry counts once"
+        );
+        assert_eq!(reg.count_of_user(&user("bob")), 1);
+        assert!(reg.remove(&alice[1].id).is_some());
+        assert!(reg.remove(&alice[1].id).is_none());
+        assert_eq!(reg.count_of_user(&user("alice")), 2);
+        assert!(reg.remove(&bob.id).is_some());
+        assert_eq!(reg.count_of_user(&user("bob")), 0);
+        assert_eq!(reg.per_user.len(), 1, "no entry kept for a user with none");
     }
 }

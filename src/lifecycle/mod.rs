@@ -252,7 +252,7 @@ impl Lifecycle {
         defaults: &SpecDefaults,
     ) -> Result<Arc<Instance>, LifecycleError> {
         let (user, spec) = req.validate(defaults)?;
-        let count = self.registry.count(|i| i.user == user);
+        let count = self.registry.count_of_user(&user);
         if count >= self.capacity.max_per_user {
             return Err(LifecycleError::TooManyInstances {
                 user: user.to_string(),
