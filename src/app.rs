@@ -8,8 +8,9 @@ use crate::http::origin::Origins;
 use crate::instance::{AccessToken, SpecDefaults, StopReason};
 use crate::lifecycle::{Capacity, Lifecycle, Reaper};
 use crate::metrics::Metrics;
-use crate::orchestrator::kube::{Kube, KubeSettings};
+use crate::orchestrator::kube::{Kube, KubeRuntime, KubeSettings};
 use crate::orchestrator::local::Local;
+use crate::orchestrator::runtime::RuntimeKind;
 use crate::orchestrator::sandbox::Sandbox;
 use crate::orchestrator::Orchestrator;
 use crate::registry::Registry;
@@ -126,8 +127,13 @@ fn instance_certs(
     }))
 }
 
-fn kube_settings(cfg: &ServeConfig) -> KubeSettings {
-    KubeSettings {
+fn kube_settings(cfg: &ServeConfig, port_forwarding: bool) -> Result<KubeSettings, StartupError> {
+    let runtime = match cfg.runtime {
+        RuntimeKind::Auto | RuntimeKind::ServeWeb => KubeRuntime::ServeWeb,
+        RuntimeKind::CodeServer => KubeRuntime::CodeServer,
+        RuntimeKind::Command => return Err(StartupError::CommandOnKube),
+    };
+    Ok(KubeSettings {
         namespace: cfg.namespace.clone(),
         instance_namespace: cfg
             .instance_namespace
@@ -140,7 +146,9 @@ fn kube_settings(cfg: &ServeConfig) -> KubeSettings {
         config_storage: cfg.config_storage.clone(),
         download_url: cfg.vscode_download_url.clone(),
         replica_name: cfg.replica_name.clone(),
-    }
+        runtime,
+        port_forwarding,
+    })
 }
 
 impl App {
@@ -221,7 +229,8 @@ impl App {
                 Arc::new(local)
             }
             Backend::Kube => {
-                Arc::new(Kube::connect(cfg.kubeconfig.as_deref(), kube_settings(&cfg)).await?)
+                let settings = kube_settings(&cfg, origins.host_routing())?;
+                Arc::new(Kube::connect(cfg.kubeconfig.as_deref(), settings).await?)
             }
         };
         for rec in orchestrator.load().await? {

@@ -36,4 +36,9 @@ pub enum StartupError {
          send the PROXY header (only their connections are expected to start with one)"
     )]
     ProxyProtocolUntrusted,
+    #[error(
+        "--runtime command runs local processes: with --backend kube choose serve-web (the VS \
+         Code CLI, downloaded into the pod) or code-server (from the base image)"
+    )]
+    CommandOnKube,
 }

@@ -385,37 +385,6 @@ fn deployed_isolation(cp: &ControlPlane, tmp: &std::path::Path) {
     role_reach(cp, "vod-deploy", "vod-deploy-instances", &sa, false);
 }
 
-/// `manifests/` as deploy.sh applies them, with the namespaces renamed.
-fn render_manifests(
-    dst: &std::path::Path,
-    proxy_ns: &str,
-    instance_ns: &str,
-) -> std::path::PathBuf {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-    for sub in ["", "instances"] {
-        std::fs::create_dir_all(dst.join(sub)).unwrap();
-        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "yaml") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path)
-                .unwrap()
-                .replace("vscode-instances", instance_ns)
-                .replace(
-                    "namespace: vscode-on-demand\n",
-                    &format!("namespace: {proxy_ns}\n"),
-                )
-                .replace(
-                    "kubernetes.io/metadata.name: vscode-on-demand\n",
-                    &format!("kubernetes.io/metadata.name: {proxy_ns}\n"),
-                );
-            std::fs::write(dst.join(sub).join(path.file_name().unwrap()), text).unwrap();
-        }
-    }
-    dst.to_owned()
-}
-
 /// What the cluster, the kubelet and the proxies said, for a failed assertion.
 fn diagnose(cp: &ControlPlane, tmp: &std::path::Path) -> String {
     diagnose_ns(cp, INS, tmp)
@@ -448,30 +417,7 @@ fn diagnose_ns(cp: &ControlPlane, ns: &str, tmp: &std::path::Path) -> String {
 /// A control plane with the proxy's and the instances' namespaces and Roles applied from the
 /// manifests; returns it, the rendered manifests and a kubeconfig of the proxy's account.
 fn cluster(tmp: &std::path::Path) -> (ControlPlane, std::path::PathBuf, std::path::PathBuf) {
-    let cp = ControlPlane::start(&tmp.join("cp"));
-    let manifests = render_manifests(&tmp.join("manifests"), NS, INS);
-    cp.ok(&["create", "namespace", NS]);
-    cp.ok(&[
-        "label",
-        "namespace",
-        NS,
-        &format!("kubernetes.io/metadata.name={NS}"),
-    ]);
-    cp.ok(&[
-        "apply",
-        "-f",
-        manifests.join("instances/namespace.yaml").to_str().unwrap(),
-    ]);
-    cp.ok(&["apply", "-f", manifests.join("instances").to_str().unwrap()]);
-    cp.ok(&[
-        "-n",
-        NS,
-        "apply",
-        "-f",
-        manifests.join("rbac.yaml").to_str().unwrap(),
-    ]);
-    let sa_kc = cp.service_account_kubeconfig(NS, "vscode-on-demand", &tmp.join("sa.kubeconfig"));
-    (cp, manifests, sa_kc)
+    vod_testkit::kube::cluster(tmp, NS, INS)
 }
 
 /// What runs instance pods: `vod-kubelet` with the installer and a base image, and the update

@@ -12,7 +12,7 @@ mod upstream;
 
 pub use status::{State, Status, StopReason};
 pub use token::AccessToken;
-pub use upstream::{Upstream, UpstreamAddr};
+pub use upstream::{SecretCookie, Upstream, UpstreamAddr, UpstreamSecret};
 
 use checks::{cpu, image_ref, memory, vscode_version};
 use rand::RngCore;

@@ -12,7 +12,39 @@ use std::sync::Arc;
 pub struct Upstream {
     pub addr: UpstreamAddr,
     pub strip_prefix: bool,
-    pub secret: Option<Arc<str>>,
+    pub secret: Option<UpstreamSecret>,
+}
+
+/// The secret an instance requires on every request, and the cookie its server reads it from.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamSecret {
+    pub value: Arc<str>,
+    pub cookie: SecretCookie,
+}
+
+/// Which cookie carries an instance's secret; the two VS Code servers check different ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretCookie {
+    /// `code serve-web`'s connection token, `vscode-tkn`. Its page reads the token from the
+    /// cookie and repeats it inside its WebSocket protocol, so page loads get it too.
+    ConnectionToken,
+    /// code-server's session cookie, `code-server-session`, which it compares with
+    /// `$HASHED_PASSWORD`. The page never needs it: only the proxy sends it.
+    CodeServerSession,
+}
+
+impl SecretCookie {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ConnectionToken => "vscode-tkn",
+            Self::CodeServerSession => "code-server-session",
+        }
+    }
+
+    /// Whether the instance's own page needs the secret as a cookie of its origin.
+    pub fn page_needs_it(self) -> bool {
+        self == Self::ConnectionToken
+    }
 }
 
 impl fmt::Debug for Upstream {
@@ -20,7 +52,10 @@ impl fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("addr", &self.addr)
             .field("strip_prefix", &self.strip_prefix)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret",
+                &self.secret.as_ref().map(|s| (s.cookie, "<redacted>")),
+            )
             .finish()
     }
 }

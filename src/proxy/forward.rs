@@ -128,8 +128,8 @@ pub async fn forward(
     };
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
-    // The instance cannot hand out its connection token: only the proxy does, below.
-    let reserved = upstream.secret.as_ref().map(|_| secret::COOKIE);
+    // The instance cannot hand out its secret: only the proxy does, below.
+    let reserved = upstream.secret.as_ref().map(|s| s.cookie.name());
     auth::confine_set_cookie(
         &mut parts.headers,
         inst.id.as_str(),
@@ -140,10 +140,11 @@ pub async fn forward(
         // VS Code's page reads the connection token from this cookie and sends it again inside
         // its WebSocket protocol, so the page of the instance must have it.
         if source == Source::Navigation {
-            parts.headers.append(
-                header::SET_COOKIE,
-                secret::page_cookie(secret, inst.id.as_str(), sh.origins.host_routing()),
-            );
+            if let Some(c) =
+                secret::page_cookie(secret, inst.id.as_str(), sh.origins.host_routing())
+            {
+                parts.headers.append(header::SET_COOKIE, c);
+            }
         }
     }
     let body = match script_tag {
@@ -201,7 +202,7 @@ pub async fn forward_upgrade(
         resp.headers_mut(),
         inst.id.as_str(),
         sh.origins.host_routing(),
-        upstream.secret.as_ref().map(|_| secret::COOKIE),
+        upstream.secret.as_ref().map(|s| s.cookie.name()),
     );
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();

@@ -1,30 +1,32 @@
-//! The per-instance upstream secret: the connection token `code serve-web` requires on every
-//! request, which the proxy adds as the `vscode-tkn` cookie (the form VS Code's server checks
-//! besides a `tkn` query parameter, and the one that also rides on WebSocket handshakes). A
-//! pod reached any other way than through the proxy refuses the request.
+//! The per-instance upstream secret, which the instance's server requires on every request
+//! and only the proxy sends, as a cookie: `vscode-tkn` for `code serve-web` (its connection
+//! token, the form VS Code's server checks besides a `tkn` query parameter, and the one that
+//! also rides on WebSocket handshakes), `code-server-session` for code-server (compared with
+//! its `$HASHED_PASSWORD`). A pod reached any other way than through the proxy refuses the
+//! request.
 //!
-//! The value replaces whatever `vscode-tkn` the client sent, so a client cannot choose it, and
-//! a `Set-Cookie` naming it from the instance is dropped (it is reserved in
-//! `auth::confine_set_cookie`). VS Code's page also needs the token
-//! (it reads it from this cookie and repeats it inside its WebSocket protocol), so page loads
-//! get it as a cookie of the instance's own origin (host routing; under path routing, of its
-//! path, within the one trust domain that routing is). Only the instance's owner's pages see
-//! it, and the owner already controls the pod: the secret keeps out everyone else who can
-//! reach the pod's address.
+//! The value replaces whatever cookie of that name the client sent, so a client cannot choose
+//! it, and a `Set-Cookie` naming it from the instance is dropped (it is reserved in
+//! `auth::confine_set_cookie`). VS Code's page also needs the connection token (it reads it
+//! from the cookie and repeats it inside its WebSocket protocol), so serve-web's page loads get
+//! it as a cookie of the instance's own origin (host routing; under path routing, of its path,
+//! within the one trust domain that routing is). Only the instance's owner's pages see it, and
+//! the owner already controls the pod: the secret keeps out everyone else who can reach the
+//! pod's address. code-server's page never needs its cookie, so browsers never get it.
 
+use crate::instance::UpstreamSecret;
 use http::header::{self, HeaderMap, HeaderValue};
 
-/// The cookie VS Code's server reads its connection token from.
-pub const COOKIE: &str = "vscode-tkn";
-
-/// Puts `vscode-tkn=<secret>` first in the request's cookies, after removing any the client
-/// sent (VS Code's cookie parser keeps the first of two equal names).
-pub fn add(headers: &mut HeaderMap, secret: &str) {
-    let mut cookie = format!("{COOKIE}={secret}");
+/// Puts the secret's cookie first in the request's cookies, after removing any of that name
+/// the client sent (VS Code's and code-server's cookie parsers keep the first of two equal
+/// names).
+pub fn add(headers: &mut HeaderMap, secret: &UpstreamSecret) {
+    let name = secret.cookie.name();
+    let mut cookie = format!("{name}={}", secret.value);
     for value in headers.get_all(header::COOKIE) {
         let Ok(s) = value.to_str() else { continue };
         for pair in s.split(';').map(str::trim) {
-            if pair.is_empty() || pair.split('=').next().map(str::trim) == Some(COOKIE) {
+            if pair.is_empty() || pair.split('=').next().map(str::trim) == Some(name) {
                 continue;
             }
             cookie.push_str("; ");
@@ -43,9 +45,12 @@ pub fn add(headers: &mut HeaderMap, secret: &str) {
     }
 }
 
-/// The `vscode-tkn` cookie for the instance's pages: Secure, host-only, not HttpOnly (VS
-/// Code's script reads it), and never sent cross-site.
-pub fn page_cookie(secret: &str, id: &str, host_routing: bool) -> HeaderValue {
+/// The secret's cookie for the instance's pages, when they need it: Secure, host-only, not
+/// HttpOnly (VS Code's script reads it), and never sent cross-site.
+pub fn page_cookie(secret: &UpstreamSecret, id: &str, host_routing: bool) -> Option<HeaderValue> {
+    if !secret.cookie.page_needs_it() {
+        return None;
+    }
     let path = if host_routing {
         "/".to_owned()
     } else {
@@ -53,14 +58,24 @@ pub fn page_cookie(secret: &str, id: &str, host_routing: bool) -> HeaderValue {
     };
     // The secret is hex and the path an instance id: always valid header bytes.
     HeaderValue::from_str(&format!(
-        "{COOKIE}={secret}; Path={path}; Secure; SameSite=Strict"
+        "{}={}; Path={path}; Secure; SameSite=Strict",
+        secret.cookie.name(),
+        secret.value
     ))
-    .unwrap_or(HeaderValue::from_static(""))
+    .ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instance::SecretCookie;
+
+    fn secret(cookie: SecretCookie) -> UpstreamSecret {
+        UpstreamSecret {
+            value: "s3cret".into(),
+            cookie,
+        }
+    }
 
     #[test]
     fn the_secret_comes_first_and_replaces_the_clients() {
@@ -73,7 +88,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("vscode-tkn =x; b=2"),
         );
-        add(&mut h, "s3cret");
+        add(&mut h, &secret(SecretCookie::ConnectionToken));
         assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
         assert_eq!(
             h.get(header::COOKIE).unwrap(),
@@ -81,7 +96,7 @@ mod tests {
         );
 
         let mut none = HeaderMap::new();
-        add(&mut none, "s3cret");
+        add(&mut none, &secret(SecretCookie::ConnectionToken));
         assert_eq!(none.get(header::COOKIE).unwrap(), "vscode-tkn=s3cret");
     }
 
@@ -97,8 +112,30 @@ mod tests {
             HeaderValue::from_static("vscode-secret-key-path=/x; Path=/"),
         );
         h.append(header::SET_COOKIE, HeaderValue::from_static("VSCODE-TKN=y"));
-        crate::proxy::auth::confine_set_cookie(&mut h, "u-0000000a", true, Some(COOKIE));
+        crate::proxy::auth::confine_set_cookie(
+            &mut h,
+            "u-0000000a",
+            true,
+            Some(SecretCookie::ConnectionToken.name()),
+        );
         let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(left, ["vscode-secret-key-path=/x; Path=/"]);
+    }
+
+    #[test]
+    fn code_servers_session_cookie_replaces_the_clients_and_stays_off_pages() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("code-server-session=guess; vscode-tkn=t"),
+        );
+        let s = secret(SecretCookie::CodeServerSession);
+        add(&mut h, &s);
+        assert_eq!(
+            h.get(header::COOKIE).unwrap(),
+            "code-server-session=s3cret; vscode-tkn=t"
+        );
+        assert!(page_cookie(&s, "u-0000000a", true).is_none());
+        assert!(page_cookie(&secret(SecretCookie::ConnectionToken), "u-0000000a", true).is_some());
     }
 }

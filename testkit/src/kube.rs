@@ -196,3 +196,62 @@ impl StoppedApiserver {
         );
     }
 }
+
+/// A control plane with the project's manifests applied as deploy.sh applies them, the proxy's
+/// namespace `ns` and the instances' `ins`: the control plane, the rendered manifests and a
+/// kubeconfig of the proxy's ServiceAccount (so every call the proxy makes is proven to be
+/// allowed by the manifests' Roles).
+pub fn cluster(tmp: &Path, ns: &str, ins: &str) -> (ControlPlane, PathBuf, PathBuf) {
+    let cp = ControlPlane::start(&tmp.join("cp"));
+    let manifests = render_manifests(&tmp.join("manifests"), ns, ins);
+    cp.ok(&["create", "namespace", ns]);
+    cp.ok(&[
+        "label",
+        "namespace",
+        ns,
+        &format!("kubernetes.io/metadata.name={ns}"),
+    ]);
+    cp.ok(&[
+        "apply",
+        "-f",
+        manifests.join("instances/namespace.yaml").to_str().unwrap(),
+    ]);
+    cp.ok(&["apply", "-f", manifests.join("instances").to_str().unwrap()]);
+    cp.ok(&[
+        "-n",
+        ns,
+        "apply",
+        "-f",
+        manifests.join("rbac.yaml").to_str().unwrap(),
+    ]);
+    let sa_kc = cp.service_account_kubeconfig(ns, "vscode-on-demand", &tmp.join("sa.kubeconfig"));
+    (cp, manifests, sa_kc)
+}
+
+/// `manifests/` as deploy.sh applies them, with the namespaces renamed.
+fn render_manifests(dst: &Path, proxy_ns: &str, instance_ns: &str) -> PathBuf {
+    // The test kit lives one level below the project.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    for sub in ["", "instances"] {
+        std::fs::create_dir_all(dst.join(sub)).unwrap();
+        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("vscode-instances", instance_ns)
+                .replace(
+                    "namespace: vscode-on-demand\n",
+                    &format!("namespace: {proxy_ns}\n"),
+                )
+                .replace(
+                    "kubernetes.io/metadata.name: vscode-on-demand\n",
+                    &format!("kubernetes.io/metadata.name: {proxy_ns}\n"),
+                );
+            std::fs::write(dst.join(sub).join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    dst.to_owned()
+}

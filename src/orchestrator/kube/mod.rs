@@ -5,6 +5,7 @@
 //! back from labelled objects and reports changes made by other servers through
 //! [`Orchestrator::observe`]. The only module that knows Kubernetes.
 
+mod containers;
 mod lease;
 pub mod objects;
 mod pods;
@@ -17,7 +18,7 @@ use super::{
 };
 use crate::instance::{
     AccessToken, InstanceId, InstanceRecord, InstanceSpec, StopReason, Upstream, UpstreamAddr,
-    UserId,
+    UpstreamSecret, UserId,
 };
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -32,6 +33,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use containers::KubeRuntime;
 pub use objects::KubeSettings;
 
 const POLL: Duration = Duration::from_millis(250);
@@ -306,8 +308,11 @@ impl Orchestrator for Kube {
                 return Ok(Started {
                     upstream: Upstream {
                         addr: UpstreamAddr::Tcp(addr),
-                        strip_prefix: false,
-                        secret: Some(secret),
+                        strip_prefix: self.settings.runtime.strip_prefix(),
+                        secret: Some(UpstreamSecret {
+                            value: secret,
+                            cookie: self.settings.runtime.secret_cookie(),
+                        }),
                     },
                     exited: None,
                 });

@@ -3,6 +3,7 @@
 //! secret, a config PVC, and the user's workspace PVC. Names, labels and annotations are
 //! defined here once.
 
+use super::containers::{code_server, serve_web, KubeRuntime};
 use super::security;
 use crate::instance::{InstanceRecord, UserId};
 use serde_json::{json, Value};
@@ -18,7 +19,7 @@ pub const STOP_REASON_ANNOTATION: &str = "vscode-on-demand.io/stop-reason";
 pub const CREATED_ANNOTATION: &str = "vscode-on-demand.io/created";
 /// On the instance Secret: how many times its access token was replaced (absent: never).
 pub const TOKEN_GENERATION_ANNOTATION: &str = "vscode-on-demand.io/token-generation";
-/// The port `code serve-web` listens on inside the pod.
+/// The port VS Code's server listens on inside the pod.
 pub const PORT: u16 = 8000;
 /// Where the config volume is mounted: the VS Code CLI, its data, settings and extensions.
 pub const CONFIG_MOUNT: &str = "/vscode";
@@ -26,10 +27,6 @@ pub const CONFIG_MOUNT: &str = "/vscode";
 /// requires, which only the proxy sends.
 pub const TOKEN_KEY: &str = "token";
 pub const UPSTREAM_TOKEN_KEY: &str = "upstream-token";
-/// The variable the connection token reaches serve-web through: `$(VAR)` in the arguments is
-/// expanded by the kubelet, so the value is in neither the Deployment nor the pod spec.
-const UPSTREAM_TOKEN_ENV: &str = "VOD_UPSTREAM_TOKEN";
-
 /// Where instances are created and how.
 #[derive(Debug, Clone)]
 pub struct KubeSettings {
@@ -48,6 +45,10 @@ pub struct KubeSettings {
     pub download_url: String,
     /// This server's name among replicas, for the reaper Lease.
     pub replica_name: Option<String>,
+    pub runtime: KubeRuntime,
+    /// Whether code-server's own proxy routes (`/proxy/<port>/`) stay on: only when each
+    /// instance has an origin of its own.
+    pub port_forwarding: bool,
 }
 
 pub fn deployment_name(id: &str) -> String {
@@ -90,60 +91,34 @@ fn owner(deployment: &str, uid: &str) -> Value {
 pub fn deployment(rec: &InstanceRecord, s: &KubeSettings, replicas: u8) -> Value {
     let id = rec.instance_id.as_str();
     let spec = &rec.spec;
-    let base_path = format!("/instances/{id}");
+    let main = match s.runtime {
+        KubeRuntime::ServeWeb => serve_web(rec, s),
+        KubeRuntime::CodeServer => code_server(rec, s),
+    };
+    let mut container = json!({
+        "name": "vscode",
+        "image": spec.base_image,
+        "workingDir": "/workspaces",
+        "ports": [{ "name": "http", "containerPort": PORT, "protocol": "TCP" }],
+        "resources": {
+            "requests": { "cpu": spec.cpu_request, "memory": spec.memory_request },
+            "limits": { "cpu": spec.cpu_limit, "memory": spec.memory_limit },
+        },
+        "securityContext": security::container(false),
+        "volumeMounts": [
+            { "name": "workspace", "mountPath": "/workspaces" },
+            { "name": "config", "mountPath": CONFIG_MOUNT },
+        ],
+    });
+    for (k, v) in main.container {
+        container[k] = v;
+    }
     let mut pod_spec = json!({
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
         "securityContext": security::pod(s.instance_uid),
-        "initContainers": [{
-            "name": "install-vscode",
-            "image": s.installer_image,
-            "command": ["/vscode-on-demand"],
-            "args": ["install-cli", "--version", spec.vscode_version, "--dest", CONFIG_MOUNT, "--download-url", s.download_url],
-            "volumeMounts": [{ "name": "config", "mountPath": CONFIG_MOUNT }],
-            "resources": { "requests": { "cpu": "50m", "memory": "64Mi" }, "limits": { "cpu": "1", "memory": "256Mi" } },
-            "securityContext": security::container(true),
-        }],
-        "containers": [{
-            "name": "vscode",
-            "image": spec.base_image,
-            "command": [cli_path(&spec.vscode_version)],
-            "args": [
-                "--cli-data-dir", format!("{CONFIG_MOUNT}/cli-data"),
-                "serve-web", "--host", "0.0.0.0", "--port", PORT.to_string(),
-                // Not --connection-token-file: serve-web before 1.92 ignores it and makes up a
-                // token of its own (microsoft/vscode#215537), and users pick the version.
-                "--connection-token", format!("$({UPSTREAM_TOKEN_ENV})"),
-                "--accept-server-license-terms",
-                "--server-base-path", base_path,
-                "--server-data-dir", format!("{CONFIG_MOUNT}/server-data"),
-                "--user-data-dir", format!("{CONFIG_MOUNT}/user-data"),
-                "--extensions-dir", format!("{CONFIG_MOUNT}/extensions"),
-            ],
-            "workingDir": "/workspaces",
-            "env": [
-                { "name": "VOD_INSTANCE_ID", "value": id },
-                { "name": "HOME", "value": format!("{CONFIG_MOUNT}/home") },
-                { "name": UPSTREAM_TOKEN_ENV, "valueFrom": { "secretKeyRef": {
-                    "name": secret_name(id), "key": UPSTREAM_TOKEN_KEY } } },
-            ],
-            "ports": [{ "name": "http", "containerPort": PORT, "protocol": "TCP" }],
-            "readinessProbe": {
-                // The one path VS Code's server answers without the connection token.
-                "httpGet": { "path": format!("{base_path}/version"), "port": PORT },
-                "periodSeconds": 2,
-                "failureThreshold": 3,
-            },
-            "resources": {
-                "requests": { "cpu": spec.cpu_request, "memory": spec.memory_request },
-                "limits": { "cpu": spec.cpu_limit, "memory": spec.memory_limit },
-            },
-            "securityContext": security::container(false),
-            "volumeMounts": [
-                { "name": "workspace", "mountPath": "/workspaces" },
-                { "name": "config", "mountPath": CONFIG_MOUNT },
-            ],
-        }],
+        "initContainers": main.init,
+        "containers": [container],
         "volumes": [
             { "name": "workspace", "persistentVolumeClaim": { "claimName": workspace_claim(&rec.user_id) } },
             { "name": "config", "persistentVolumeClaim": { "claimName": config_claim(id) } },
@@ -269,6 +244,8 @@ mod tests {
             config_storage: "1Gi".into(),
             download_url: "https://update.example".into(),
             replica_name: None,
+            runtime: KubeRuntime::ServeWeb,
+            port_forwarding: false,
         }
     }
 
@@ -344,5 +321,51 @@ mod tests {
             assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{c}");
             assert!(sc["runAsUser"].is_null(), "the pod's user applies: {c}");
         }
+    }
+
+    #[test]
+    fn code_server_runs_from_the_base_image_and_requires_the_secret_as_its_session() {
+        let rec = record();
+        let s = KubeSettings {
+            runtime: KubeRuntime::CodeServer,
+            ..settings()
+        };
+        let d = deployment(&rec, &s, 1);
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["initContainers"], json!([]), "nothing to download");
+        let c = &pod["containers"][0];
+        assert_eq!(c["command"], json!(["code-server"]));
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let after = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
+        assert_eq!(after("--auth"), "password", "{args:?}");
+        assert_eq!(after("--bind-addr"), format!("0.0.0.0:{PORT}"));
+        assert!(args.contains(&"--disable-proxy"), "{args:?}");
+        let env = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "HASHED_PASSWORD")
+            .unwrap();
+        assert_eq!(
+            env["valueFrom"]["secretKeyRef"],
+            json!({ "name": secret_name(rec.instance_id.as_str()), "key": UPSTREAM_TOKEN_KEY })
+        );
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+
+        let open = KubeSettings {
+            port_forwarding: true,
+            ..s
+        };
+        let d = deployment(&rec, &open, 1);
+        assert!(!d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--disable-proxy")));
     }
 }

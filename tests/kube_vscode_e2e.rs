@@ -1,0 +1,228 @@
+//! A real VS Code in a pod: the proxy in kube mode with `--runtime code-server`, against a real
+//! API server and controller-manager, with `vod-kubelet` running the pod's `code-server` (the
+//! base image's, here the test machine's code-server). Opened in headless Chromium through the
+//! proxy (`tests/e2e/vscode.js`): the workbench renders, a file typed into its terminal lands
+//! on the user's workspace claim and is there again after a stop (scaled to zero, the pod gone)
+//! and a wake by navigation. The pod, reached directly, lets nobody in without the secret only
+//! the proxy sends; deleting the instance keeps the workspace claim.
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+use vod_testkit::browser::{run_script, Deps};
+use vod_testkit::kube::Kubelet;
+use vod_testkit::*;
+
+const NS: &str = "vod-code";
+const INS: &str = "vod-code-instances";
+const IMAGE: &str = "code-server:test";
+const USER: &str = "kcode";
+/// Longer than the script's own budget, so the script normally reports its failure itself.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(270);
+
+/// `curl` straight to a pod, as another pod on the cluster network would try it: the status
+/// and where it redirects to.
+fn direct(url: &str, headers: &[&str]) -> (String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "--max-time",
+        "10",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, to) = text.split_once(' ').unwrap_or((&text, ""));
+    (status.to_owned(), to.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn code_server_in_a_pod_through_the_proxy_in_a_browser() {
+    let deps = Deps::find();
+    let tmp = tempdir();
+    let (cp, _, sa_kc) = kube::cluster(tmp.path(), NS, INS);
+    let kubelet = Kubelet::start(
+        &cp,
+        &tmp.path().join("kubelet"),
+        &[format!(
+            "{IMAGE}={} {{args-only}}",
+            deps.code_server.display()
+        )],
+    );
+    let data = tmp.path().join("proxy");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut a = Server::start(
+        &data,
+        &[
+            "--backend",
+            "kube",
+            "--kubeconfig",
+            sa_kc.to_str().unwrap(),
+            "--namespace",
+            NS,
+            "--instance-namespace",
+            INS,
+            "--runtime",
+            "code-server",
+            "--start-timeout",
+            "120s",
+        ],
+    );
+    let c = a
+        .create(json!({ "user_id": USER, "base_image": IMAGE }))
+        .await;
+    let name = format!("vsc-{}", c.id);
+    let workspace = kubelet.claim_dir(INS, &format!("vsc-ws-{USER}"));
+    let shots = tmp.path().join("screenshots");
+
+    let run = run_script(
+        &deps,
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/vscode.js")),
+        &[
+            (
+                "VOD_E2E_URL",
+                format!("{}/instances/{}/?tkn={}", a.base, c.id, c.token),
+            ),
+            ("VOD_E2E_ORIGIN", a.origin_of(&c.id)),
+            ("VOD_E2E_API", a.base.clone()),
+            ("VOD_E2E_ADMIN_TOKEN", a.token.clone()),
+            ("VOD_E2E_INSTANCE", c.id.clone()),
+            ("VOD_E2E_WORKSPACE", workspace.display().to_string()),
+            ("VOD_E2E_SCREENSHOTS", shots.display().to_string()),
+            (
+                "NODE_EXTRA_CA_CERTS",
+                data.join("certs/ca.crt").display().to_string(),
+            ),
+        ],
+        SCRIPT_TIMEOUT,
+    )
+    .await;
+    assert!(
+        run.success && run.result.as_ref().is_some_and(|r| r["ok"] == true),
+        "the browser script failed.\nits output: {}\nserver log:\n{}\nkubelet log:\n{}",
+        run.stdout,
+        log_tail(&data.with_extension("server.log"), 40),
+        log_tail(&tmp.path().join("kubelet.log"), 40),
+    );
+    let result = run.result.unwrap();
+    let sockets = result["websockets"].as_array().unwrap();
+    for phase in ["first", "wake"] {
+        assert!(
+            sockets
+                .iter()
+                .any(|w| w["phase"] == phase && w["received"].as_u64() > Some(0)),
+            "no WebSocket through the proxy received frames ({phase}): {sockets:?}"
+        );
+    }
+    let refused: Vec<_> = result["bad_responses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["status"].as_u64() != Some(404))
+        .collect();
+    assert!(refused.is_empty(), "refused or failed: {refused:?}");
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("persisted.txt"))
+            .unwrap()
+            .trim(),
+        "e2e-persist",
+        "the file typed in the terminal is on the workspace claim"
+    );
+    assert_eq!(
+        cp.json(&["-n", INS, "get", "deployment", &name])["spec"]["replicas"],
+        1,
+        "woken by the navigation"
+    );
+
+    // The pod itself, reached directly: code-server sends everyone to its login page, with or
+    // without the user's own token, or a session cookie of their own making; what only the
+    // proxy sends gets in.
+    let pods = cp.json(&[
+        "-n",
+        INS,
+        "get",
+        "pods",
+        "-l",
+        &format!("vscode-on-demand.io/instance={}", c.id),
+    ]);
+    let ip = pods["items"][0]["status"]["podIP"].as_str().unwrap();
+    let pod = format!("http://{ip}:8000/");
+    let cookie_of = |v: &str| format!("cookie: code-server-session={v}");
+    for headers in [
+        vec![],
+        vec![cookie_of(&c.token)],
+        vec![cookie_of("guess")],
+        vec![format!("cookie: {}", a.cookie(&c.token))],
+    ] {
+        let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let (status, to) = direct(&pod, &h);
+        assert!(
+            status == "302" && to.contains("login"),
+            "{headers:?}: {status} {to}"
+        );
+    }
+    let secret = cp.ok(&[
+        "-n",
+        INS,
+        "get",
+        "secret",
+        &format!("{name}-token"),
+        "-o",
+        r#"go-template={{index .data "upstream-token" | base64decode}}"#,
+    ]);
+    let (status, to) = direct(&pod, &[&cookie_of(&secret)]);
+    assert!(
+        (status == "200" || status == "302") && !to.contains("login"),
+        "with the secret: {status} {to}"
+    );
+
+    // Through the proxy a session cookie of the browser's own making changes nothing, and the
+    // secret never comes back to the browser.
+    let r = a
+        .send(
+            a.request(Method::GET, &format!("/instances/{}/", c.id))
+                .header(
+                    "cookie",
+                    format!("{}; code-server-session=guess", a.cookie(&c.token)),
+                )
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await;
+    let to = r
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(
+        (r.status() == StatusCode::OK || r.status() == StatusCode::FOUND) && !to.contains("login"),
+        "{} {to}",
+        r.status()
+    );
+    let set_cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+    assert!(
+        set_cookies
+            .iter()
+            .all(|v| !v.to_str().unwrap().contains(&secret)),
+        "{set_cookies:?}"
+    );
+
+    // Delete: the instance's objects go, the user's workspace claim and its file stay.
+    let (st, _) = a
+        .api(Method::DELETE, &format!("/api/instances/{}", c.id), None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    cp.wait("the Deployment to go", Duration::from_secs(60), || {
+        !cp.exists(INS, "deployment", &name)
+    });
+    assert!(cp.exists(INS, "pvc", &format!("vsc-ws-{USER}")));
+    assert!(workspace.join("persisted.txt").exists());
+    a.terminate();
+}
