@@ -56,7 +56,8 @@ pub struct ServeConfig {
     /// Admin API token [default: generated once into <data-dir>/admin-token].
     #[arg(long, env = "VOD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// What the local backend runs as an instance.
+    /// What runs as an instance. With `--backend kube`, `auto` and `serve-web` run the VS Code
+    /// CLI (downloaded into the pod) and `code-server` runs it from the base image.
     #[arg(long, env = "VOD_RUNTIME", value_enum, default_value = "auto")]
     pub runtime: RuntimeKind,
     /// code-server executable [default: found on PATH].
