@@ -406,24 +406,7 @@ mod tests {
     #[test]
     fn per_user_counts_follow_inserts_and_removes() {
         let reg = Registry::new();
-        let make = |user: &str| {
-            let (user, spec) = CreateRequest {
-                user_id: user.into(),
-                ..Default::default()
-            }
-            .validate(&SpecDefaults::default())
-            .unwrap();
-            reg.instance(InstanceRecord {
-                instance_id: InstanceId::generate(&user),
-                user_id: user,
-                spec,
-                access_token: AccessToken::generate(),
-                token_generation: 0,
-                created_at: 0,
-                last_activity_ms: 0,
-                stop_reason: None,
-            })
-        };
+        let make = |user: &str| reg.instance(InstanceRecord::for_tests(user));
         let alice: Vec<_> = (0..3).map(|_| make("alice")).collect();
         let bob = make("bob");
         for i in alice.iter().chain([&bob]) {

@@ -55,24 +55,9 @@ fn upstream_token(cp: &ControlPlane, secret: &str) -> String {
     ])
 }
 
-/// `curl` straight to a pod, the way another pod on the cluster network would try it; returns
-/// the status code.
+/// The status of a request straight to a pod (`vod_testkit::kube::direct`).
 fn direct(url: &str, headers: &[&str]) -> String {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "10",
-    ]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd.arg(url).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    vod_testkit::kube::direct(url, headers).0
 }
 
 /// The running instance `c` answers only requests that carry its upstream secret, which only

@@ -8,10 +8,9 @@
 
 use http::{Method, StatusCode};
 use serde_json::json;
-use std::path::Path;
 use std::time::Duration;
-use vod_testkit::browser::{run_script, Deps};
-use vod_testkit::kube::Kubelet;
+use vod_testkit::browser::{run_vscode_script, Deps};
+use vod_testkit::kube::{direct, Kubelet};
 use vod_testkit::*;
 
 const NS: &str = "vod-code";
@@ -20,28 +19,6 @@ const IMAGE: &str = "code-server:test";
 const USER: &str = "kcode";
 /// Longer than the script's own budget, so the script normally reports its failure itself.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(270);
-
-/// `curl` straight to a pod, as another pod on the cluster network would try it: the status
-/// and where it redirects to.
-fn direct(url: &str, headers: &[&str]) -> (String, String) {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{redirect_url}",
-        "--max-time",
-        "10",
-    ]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd.arg(url).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, to) = text.split_once(' ').unwrap_or((&text, ""));
-    (status.to_owned(), to.to_owned())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn code_server_in_a_pod_through_the_proxy_in_a_browser() {
@@ -82,28 +59,7 @@ async fn code_server_in_a_pod_through_the_proxy_in_a_browser() {
     let workspace = kubelet.claim_dir(INS, &format!("vsc-ws-{USER}"));
     let shots = tmp.path().join("screenshots");
 
-    let run = run_script(
-        &deps,
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/vscode.js")),
-        &[
-            (
-                "VOD_E2E_URL",
-                format!("{}/instances/{}/?tkn={}", a.base, c.id, c.token),
-            ),
-            ("VOD_E2E_ORIGIN", a.origin_of(&c.id)),
-            ("VOD_E2E_API", a.base.clone()),
-            ("VOD_E2E_ADMIN_TOKEN", a.token.clone()),
-            ("VOD_E2E_INSTANCE", c.id.clone()),
-            ("VOD_E2E_WORKSPACE", workspace.display().to_string()),
-            ("VOD_E2E_SCREENSHOTS", shots.display().to_string()),
-            (
-                "NODE_EXTRA_CA_CERTS",
-                data.join("certs/ca.crt").display().to_string(),
-            ),
-        ],
-        SCRIPT_TIMEOUT,
-    )
-    .await;
+    let run = run_vscode_script(&deps, &a, &c, &workspace, &shots, SCRIPT_TIMEOUT).await;
     assert!(
         run.success && run.result.as_ref().is_some_and(|r| r["ok"] == true),
         "the browser script failed.\nits output: {}\nserver log:\n{}\nkubelet log:\n{}",

@@ -7,7 +7,7 @@
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
-use vod_testkit::browser::{instance_processes, run_script, wait_instance_gone, Deps};
+use vod_testkit::browser::{instance_processes, run_vscode_script, wait_instance_gone, Deps};
 use vod_testkit::*;
 
 const BUDGET: Duration = Duration::from_secs(300);
@@ -56,29 +56,7 @@ async fn scenario(deps: Deps) {
     let workspace = data.join("workspaces/e2e");
     eprintln!("screenshots go to {}", shots.display());
 
-    let run = run_script(
-        &deps,
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/vscode.js")),
-        &[
-            // The documented form, on the public host: it hands over to the instance's origin.
-            (
-                "VOD_E2E_URL",
-                format!("{}/instances/{}/?tkn={}", server.base, c.id, c.token),
-            ),
-            ("VOD_E2E_ORIGIN", server.origin_of(&c.id)),
-            ("VOD_E2E_API", server.base.clone()),
-            ("VOD_E2E_ADMIN_TOKEN", server.token.clone()),
-            ("VOD_E2E_INSTANCE", c.id.clone()),
-            ("VOD_E2E_WORKSPACE", workspace.display().to_string()),
-            ("VOD_E2E_SCREENSHOTS", shots.display().to_string()),
-            (
-                "NODE_EXTRA_CA_CERTS",
-                data.join("certs/ca.crt").display().to_string(),
-            ),
-        ],
-        SCRIPT_TIMEOUT,
-    )
-    .await;
+    let run = run_vscode_script(&deps, &server, &c, &workspace, &shots, SCRIPT_TIMEOUT).await;
     let instance_log = data.join(format!("instances/{}/instance.log", c.id));
     assert!(
         run.success && run.result.as_ref().is_some_and(|r| r["ok"] == true),

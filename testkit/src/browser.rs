@@ -4,7 +4,9 @@
 //! code-server left behind.
 
 use crate::bins::cache_dir;
+use crate::client::Created;
 use crate::process::{pid_alive, stop_child};
+use crate::server::Server;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -84,6 +86,43 @@ pub struct ScriptRun {
     /// The last JSON line the script printed.
     pub result: Option<Value>,
     pub stdout: String,
+}
+
+/// Runs `tests/e2e/vscode.js` on instance `c` of `server`: opened by its documented URL (with
+/// `?tkn=`, on the public host, which hands the browser over to the instance's origin),
+/// `workspace` being where its files land on this machine, screenshots going to `shots`.
+pub async fn run_vscode_script(
+    deps: &Deps,
+    server: &Server,
+    c: &Created,
+    workspace: &Path,
+    shots: &Path,
+    timeout: Duration,
+) -> ScriptRun {
+    // The test kit lives one level below the project.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/vscode.js");
+    run_script(
+        deps,
+        &script,
+        &[
+            (
+                "VOD_E2E_URL",
+                format!("{}/instances/{}/?tkn={}", server.base, c.id, c.token),
+            ),
+            ("VOD_E2E_ORIGIN", server.origin_of(&c.id)),
+            ("VOD_E2E_API", server.base.clone()),
+            ("VOD_E2E_ADMIN_TOKEN", server.token.clone()),
+            ("VOD_E2E_INSTANCE", c.id.clone()),
+            ("VOD_E2E_WORKSPACE", workspace.display().to_string()),
+            ("VOD_E2E_SCREENSHOTS", shots.display().to_string()),
+            (
+                "NODE_EXTRA_CA_CERTS",
+                server.data_dir.join("certs/ca.crt").display().to_string(),
+            ),
+        ],
+        timeout,
+    )
+    .await
 }
 
 /// Runs a browser script (the end-to-end tests' are under the root `tests/e2e/`), forwarding

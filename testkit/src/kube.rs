@@ -255,3 +255,25 @@ fn render_manifests(dst: &Path, proxy_ns: &str, instance_ns: &str) -> PathBuf {
     }
     dst.to_owned()
 }
+
+/// `curl` straight to a pod, the way another pod on the cluster network would try it: the
+/// status code and where it redirects to.
+pub fn direct(url: &str, headers: &[&str]) -> (String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "--max-time",
+        "10",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, to) = text.split_once(' ').unwrap_or((&text, ""));
+    (status.to_owned(), to.to_owned())
+}

@@ -249,6 +249,26 @@ mod tests {
         }
     }
 
+    /// A container's arguments.
+    fn args_of(c: &Value) -> Vec<&str> {
+        c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect()
+    }
+
+    /// A container's variable `name`.
+    fn env<'a>(c: &'a Value, name: &str) -> &'a Value {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()
+    }
+
     fn record() -> InstanceRecord {
         InstanceRecord {
             created_at: 1,
@@ -277,24 +297,14 @@ mod tests {
         let d = deployment(&rec, &settings(), 1);
         let pod = &d["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
-        let args: Vec<&str> = c["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
+        let args = args_of(c);
         assert!(!args.contains(&"--without-connection-token"), "{args:?}");
         let at = args
             .iter()
             .position(|a| *a == "--connection-token")
             .unwrap();
         assert_eq!(args[at + 1], "$(VOD_UPSTREAM_TOKEN)");
-        let env = c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == "VOD_UPSTREAM_TOKEN")
-            .unwrap();
+        let env = env(c, "VOD_UPSTREAM_TOKEN");
         assert_eq!(
             env["valueFrom"]["secretKeyRef"],
             json!({ "name": secret_name(rec.instance_id.as_str()), "key": UPSTREAM_TOKEN_KEY })
@@ -335,22 +345,12 @@ mod tests {
         assert_eq!(pod["initContainers"], json!([]), "nothing to download");
         let c = &pod["containers"][0];
         assert_eq!(c["command"], json!(["code-server"]));
-        let args: Vec<&str> = c["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
+        let args = args_of(c);
         let after = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
         assert_eq!(after("--auth"), "password", "{args:?}");
         assert_eq!(after("--bind-addr"), format!("0.0.0.0:{PORT}"));
         assert!(args.contains(&"--disable-proxy"), "{args:?}");
-        let env = c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == "HASHED_PASSWORD")
-            .unwrap();
+        let env = env(c, "HASHED_PASSWORD");
         assert_eq!(
             env["valueFrom"]["secretKeyRef"],
             json!({ "name": secret_name(rec.instance_id.as_str()), "key": UPSTREAM_TOKEN_KEY })
@@ -363,9 +363,8 @@ mod tests {
             ..s
         };
         let d = deployment(&rec, &open, 1);
-        assert!(!d["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("--disable-proxy")));
+        assert!(
+            !args_of(&d["spec"]["template"]["spec"]["containers"][0]).contains(&"--disable-proxy")
+        );
     }
 }
