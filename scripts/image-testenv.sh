@@ -9,7 +9,8 @@
 # target directory of its own).
 #
 # Cache: ${VOD_CACHE:-$HOME/.cache/vscode-on-demand}/image
-#   rootfs-run/, rootfs-build/   Debian bookworm trees made by debootstrap (minbase)
+#   rootfs-run/, rootfs-build/,  Debian bookworm trees made by debootstrap (minbase)
+#   rootfs-code/
 #   target/                      the cargo target directory of the image's build stage
 #
 # Why this way:
@@ -20,6 +21,10 @@
 #                                            nonroot (65532) like distroless's
 #     rust:1-bookworm                        bookworm minbase + gcc, libc6-dev; the Rust
 #                                            toolchain is this machine's, mounted at build time
+# - A code-server base image for instance pods (localhost/vod-code-server:test), as the widely
+#   used code-server images are: bookworm minbase with the libraries code-server's native
+#   modules link against, a user `coder` (1000), this machine's Node.js and the code-server
+#   that scripts/install-test-deps.sh installed, `code-server` on PATH.
 # - The build stage runs with no network (`--network none`): the crates come from this
 #   machine's cargo registry (filled by `cargo fetch --locked`, which may use the network),
 #   mounted into the build with CARGO_NET_OFFLINE=true. The Dockerfile's defaults (network,
@@ -34,6 +39,8 @@ cd "$(dirname "$0")/.."
 CACHE="${VOD_CACHE:-$HOME/.cache/vscode-on-demand}/image"
 MIRROR="${VOD_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 IMAGE="${VOD_TEST_IMAGE_NAME:-localhost/vscode-on-demand:test}"
+CODE_IMAGE=localhost/vod-code-server:test
+CODE_SERVER_DIR="${VOD_CACHE:-$HOME/.cache/vscode-on-demand}/code-server"
 BASE_RUN=gcr.io/distroless/cc-debian12:nonroot
 BASE_BUILD=rust:1-bookworm
 # Raised when what the base images hold changes, so that cached ones are made again.
@@ -136,6 +143,46 @@ base_images() {
   fi
 }
 
+# The code-server base image: rebuilt when the base or code-server's version changes.
+code_server_image() {
+  local cs_version want tmp
+  cs_version=$(node -p "require('$CODE_SERVER_DIR/node_modules/code-server/package.json').version" 2>/dev/null) || {
+    log "no code-server under $CODE_SERVER_DIR (scripts/install-test-deps.sh): no $CODE_IMAGE"
+    return 0
+  }
+  want="$BASE_VERSION-$cs_version-$(node --version)"
+  [[ "$(image_version "$CODE_IMAGE")" == "$want" ]] && return 0
+  make_rootfs "$CACHE/rootfs-code" ca-certificates,libsecret-1-0,libkrb5-3,libx11-6,libxkbfile1
+  grep -q '^coder:' "$CACHE/rootfs-code/etc/passwd" || {
+    echo 'coder:x:1000:1000:coder:/home/coder:/bin/bash' >>"$CACHE/rootfs-code/etc/passwd"
+    echo 'coder:x:1000:' >>"$CACHE/rootfs-code/etc/group"
+    install -d -o 1000 -g 1000 -m 0755 "$CACHE/rootfs-code/home/coder"
+  }
+  import_image localhost/vod-code-base:test "$CACHE/rootfs-code"
+  log "building $CODE_IMAGE (code-server $cs_version, node $(node --version))"
+  local t0=$SECONDS
+  tmp=$(mktemp -d)
+  cp "$(command -v node)" "$tmp/node"
+  cp -a "$CODE_SERVER_DIR" "$tmp/code-server"
+  printf '#!/bin/sh\nexec /usr/local/bin/node /usr/lib/code-server/node_modules/code-server/out/node/entry.js "$@"\n' \
+    >"$tmp/code-server.sh"
+  chmod 0755 "$tmp/code-server.sh"
+  printf '%s\n' "FROM localhost/vod-code-base:test" \
+    "COPY node /usr/local/bin/node" \
+    "COPY code-server /usr/lib/code-server" \
+    "COPY code-server.sh /usr/local/bin/code-server" \
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    "USER 1000:1000" \
+    "WORKDIR /home/coder" \
+    "EXPOSE 8080" \
+    'ENTRYPOINT ["code-server", "--bind-addr", "0.0.0.0:8080", "."]' \
+    "LABEL io.vscode-on-demand.base=$want" >"$tmp/Containerfile"
+  podman build --quiet --layers=false --network none -t "$CODE_IMAGE" "$tmp" >/dev/null
+  rm -rf "$tmp"
+  podman rmi localhost/vod-code-base:test >/dev/null 2>&1 || true
+  log "built $CODE_IMAGE in $((SECONDS - t0)) s"
+}
+
 build_image() {
   local sysroot cargo_home
   sysroot=$(rustc --print sysroot) || die "rustc is not on PATH"
@@ -193,8 +240,10 @@ cmd_build() {
   configure_podman
   base_images
   pause_image
+  code_server_image
   build_image
   echo "export VOD_TEST_IMAGE=$IMAGE"
+  echo "export VOD_TEST_CODE_SERVER_IMAGE=$CODE_IMAGE"
 }
 
 main() {

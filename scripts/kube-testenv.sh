@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the binaries of a throw-away Kubernetes control plane (etcd +
-# kube-apiserver + kube-controller-manager, plus kubectl) and a kubelet for the
-# integration tests, which start and supervise them (testkit/src/control_plane/).
+# kube-apiserver + kube-controller-manager + kube-scheduler, plus kubectl) and a
+# kubelet for the integration tests, which start and supervise them (testkit/src/control_plane/).
 #
 #   scripts/kube-testenv.sh build       build the binaries once into the cache
 #
@@ -34,7 +34,7 @@ set -euo pipefail
 
 CACHE="${VOD_CACHE:-$HOME/.cache/vscode-on-demand}/kube"
 BIN="$CACHE/bin"
-KUBE_BINS=(kube-apiserver kube-controller-manager kubectl kubelet)
+KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 BULLSEYE_MIRROR="${VOD_BULLSEYE_MIRROR:-http://deb.debian.org/debian}"
 GO_ROOT=/usr/lib/go-1.15
 

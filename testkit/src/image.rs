@@ -17,8 +17,21 @@ pub const IMAGE_UID: u32 = 65532;
 /// The image under test: `$VOD_TEST_IMAGE` (set by the build script's output), else the name
 /// that script gives it; checked to exist so a missing build fails with what makes it.
 pub fn image() -> String {
-    let name = std::env::var("VOD_TEST_IMAGE")
-        .unwrap_or_else(|_| "localhost/vscode-on-demand:test".to_owned());
+    built("VOD_TEST_IMAGE", "localhost/vscode-on-demand:test")
+}
+
+/// The code-server base image the build script makes for instance pods (code-server on PATH,
+/// as in the widely used code-server images): `$VOD_TEST_CODE_SERVER_IMAGE`, else its name.
+pub fn code_server_image() -> String {
+    built(
+        "VOD_TEST_CODE_SERVER_IMAGE",
+        "localhost/vod-code-server:test",
+    )
+}
+
+/// The image named by `$var`, else `default`, once podman is known to have it.
+fn built(var: &str, default: &str) -> String {
+    let name = std::env::var(var).unwrap_or_else(|_| default.to_owned());
     let out = Command::new("podman")
         .args(["image", "exists", &name])
         .status()

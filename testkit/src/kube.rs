@@ -4,7 +4,7 @@
 //! stopped when dropped.
 
 use crate::bins::{self, cache_dir};
-use crate::control_plane::{kubeconfig, launch, Proc, Procs};
+use crate::control_plane::{kubeconfig, launch, scheduler, Proc, Procs};
 use crate::process::{lock, stop_child};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,6 +18,7 @@ pub struct ControlPlane {
     pub bin: PathBuf,
     pub server: String,
     pub ca_file: PathBuf,
+    pki: PathBuf,
     procs: Procs,
 }
 
@@ -39,8 +40,20 @@ impl ControlPlane {
             bin,
             server: l.server,
             ca_file: l.ca_file,
+            pki: l.pki,
             procs: l.procs,
         }
+    }
+
+    /// Starts kube-scheduler (built with the rest when the cache has it), supervised with the
+    /// control plane. A real node's pods need it; the kubelet stand-in places its own.
+    pub fn start_scheduler(&self) {
+        assert!(
+            self.bin.join("kube-scheduler").exists(),
+            "kube-scheduler is not built: run `scripts/kube-testenv.sh build` (or scripts/test.sh)"
+        );
+        self.procs
+            .push(scheduler(&self.dir, &self.pki, &self.bin, &self.server));
     }
 
     /// Runs kubectl as the cluster admin.

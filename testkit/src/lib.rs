@@ -13,8 +13,10 @@
 //! - [`process`]: stopping children, `/proc` reading, log tails, a poison-proof lock.
 //! - [`tls`]: the clients' TLS configurations.
 //! - [`control_plane`] and [`kube`]: a real Kubernetes control plane, `kubectl`, `vod-kubelet`.
-//! - [`image`]: the project's container image and the proxy run from it with podman.
-//! - [`node`]: a real node for it: containerd and a kubelet built from the same source.
+//! - [`image`]: the project's container image and the proxy run from it with podman; the
+//!   code-server base image for instance pods.
+//! - [`node`]: a real node for it: containerd and a kubelet built from the same source, and
+//!   hostPath PersistentVolumes on it.
 //! - [`browser`]: code-server, Chromium and the browser scripts of the end-to-end tests.
 //! - [`vscode_cli`]: a stand-in VS Code CLI and the update service that serves it.
 //!

@@ -202,6 +202,39 @@ state = "{d}/containerd-state"
         node
     }
 
+    /// A hostPath PersistentVolume `name` of this node, as a local-path provisioner makes them:
+    /// a directory anyone may write (hostPath volumes are not given to the pod's fsGroup), no
+    /// storage class. With `claim` (namespace, name) it is bound in advance to that claim, so
+    /// a test knows where the claim's files land; without, any claim may take it.
+    pub fn host_path_volume(
+        &self,
+        cp: &ControlPlane,
+        name: &str,
+        claim: Option<(&str, &str)>,
+    ) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.dir.join("volumes").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut pv = serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": "100Gi"},
+                "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": dir, "type": "Directory"},
+            },
+        });
+        if let Some((ns, claim)) = claim {
+            pv["spec"]["claimRef"] = serde_json::json!({"namespace": ns, "name": claim});
+        }
+        let file = self.dir.join(format!("pv-{name}.json"));
+        std::fs::write(&file, pv.to_string()).unwrap();
+        cp.ok(&["apply", "-f", &file.to_string_lossy()]);
+        dir
+    }
+
     /// The bridge's own address, the pods' gateway.
     pub fn gateway(&self) -> String {
         self.subnet.replace(".0/24", ".1")
@@ -219,10 +252,11 @@ state = "{d}/containerd-state"
             .expect("run ctr")
     }
 
-    /// What the containers of pod `ns/pod` printed, every run of them, from the files the
-    /// kubelet keeps in `/var/log/pods` (`kubectl logs` shows one run).
+    /// What the containers of the pods in `ns` whose names start with `pod` printed, every run
+    /// of them, from the files the kubelet keeps in `/var/log/pods` (`kubectl logs` shows one
+    /// run).
     pub fn container_logs(&self, ns: &str, pod: &str) -> String {
-        let prefix = format!("{ns}_{pod}_");
+        let prefix = format!("{ns}_{pod}");
         let mut out = String::new();
         for dir in std::fs::read_dir("/var/log/pods")
             .into_iter()

@@ -1,5 +1,6 @@
 //! Starts and supervises a throw-away control plane (etcd, kube-apiserver with RBAC,
-//! kube-controller-manager) whose binaries `scripts/kube-testenv.sh build` put in the cache.
+//! kube-controller-manager; kube-scheduler on demand) whose binaries
+//! `scripts/kube-testenv.sh build` put in the cache.
 //!
 //! Every process is a `Child` of the test, so whether it still runs is known exactly (no PID
 //! file, no command-line matching); each writes its own log, shown when it exits early. Ports
@@ -162,6 +163,7 @@ struct StartFailure {
 /// A running control plane's processes and how to reach it.
 pub struct Launched {
     pub dir: PathBuf,
+    pub pki: PathBuf,
     pub kubeconfig: PathBuf,
     pub server: String,
     pub ca_file: PathBuf,
@@ -188,6 +190,41 @@ pub fn launch(dir: &Path, bin: &Path) -> Launched {
     );
 }
 
+/// The static bearer token of `user` in the control plane's `pki`.
+fn token_of(pki: &Path, user: &str) -> String {
+    let tokens = std::fs::read_to_string(pki.join("tokens.csv")).unwrap();
+    tokens
+        .lines()
+        .find(|l| l.split(',').nth(1) == Some(user))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_else(|| panic!("no token for {user} in tokens.csv"))
+        .to_owned()
+}
+
+/// kube-scheduler for the control plane at `server`, as its own user. Not part of every start:
+/// only a real node needs it (the kubelet stand-in places pods itself).
+/// `--port=0`/`--secure-port=0`: nothing scrapes its health, and two control planes must not
+/// fight over fixed ports.
+pub fn scheduler(state: &Path, pki: &Path, bin: &Path, server: &str) -> Proc {
+    let kc = state.join("kube-scheduler.kubeconfig");
+    let user = "system:kube-scheduler";
+    write_kubeconfig(&kc, server, &pki.join("ca.crt"), user, &token_of(pki, user));
+    let mut flag = OsString::from("--kubeconfig=");
+    flag.push(&kc);
+    Proc::spawn(
+        "kube-scheduler",
+        vec![
+            bin.join("kube-scheduler").into_os_string(),
+            flag,
+            OsString::from("--leader-elect=false"),
+            OsString::from("--port=0"),
+            OsString::from("--secure-port=0"),
+            OsString::from("--profiling=false"),
+        ],
+        state.join("kube-scheduler.log"),
+    )
+}
+
 /// Free loopback ports, chosen by the kernel. They are released for the processes to bind,
 /// so another program could take one in between; that start then fails and is retried.
 fn free_ports<const N: usize>() -> [u16; N] {
@@ -200,15 +237,7 @@ fn free_ports<const N: usize>() -> [u16; N] {
 fn try_launch(state: &Path, pki: &Path, bin: &Path) -> Result<Launched, StartFailure> {
     std::fs::create_dir_all(state.join("etcd")).unwrap();
     set_mode(&state.join("etcd"), 0o700);
-    let tokens = std::fs::read_to_string(pki.join("tokens.csv")).unwrap();
-    let token_of = |user: &str| {
-        tokens
-            .lines()
-            .find(|l| l.split(',').nth(1) == Some(user))
-            .and_then(|l| l.split(',').next())
-            .unwrap_or_else(|| panic!("no token for {user} in tokens.csv"))
-            .to_owned()
-    };
+    let token_of = |user: &str| token_of(pki, user);
     let [etcd_port, peer_port, api_port] = free_ports::<3>();
     let server = format!("https://127.0.0.1:{api_port}");
     let procs = Procs::default();
@@ -345,6 +374,7 @@ fn try_launch(state: &Path, pki: &Path, bin: &Path) -> Result<Launched, StartFai
     })?;
     Ok(Launched {
         dir: state.to_owned(),
+        pki: pki.to_owned(),
         kubeconfig,
         server,
         ca_file: ca,

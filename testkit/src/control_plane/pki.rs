@@ -11,8 +11,8 @@ pub(super) fn set_mode(path: &Path, mode: u32) {
 }
 
 /// A CA, the API server's certificate, the ServiceAccount signing key and static tokens
-/// (the admin in `system:masters`; the controller manager as its own user so its bootstrap
-/// RBAC role applies, as in a real cluster).
+/// (the admin in `system:masters`; the controller manager and the scheduler as their own users
+/// so their bootstrap RBAC roles apply, as in a real cluster).
 pub(super) fn make_pki(pki: &Path) {
     if pki.join("tokens.csv").exists() {
         return;
@@ -104,7 +104,9 @@ pub(super) fn make_pki(pki: &Path) {
     }
     let tokens = format!(
         "{},vod-admin,vod-admin,\"system:masters\"\n\
-         {},system:kube-controller-manager,system:kube-controller-manager\n",
+         {},system:kube-controller-manager,system:kube-controller-manager\n\
+         {},system:kube-scheduler,system:kube-scheduler\n",
+        hex(&rand::random::<[u8; 32]>()),
         hex(&rand::random::<[u8; 32]>()),
         hex(&rand::random::<[u8; 32]>())
     );
