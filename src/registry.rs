@@ -15,7 +15,7 @@ use crate::instance::{
     AccessToken, InstanceId, InstanceRecord, InstanceSpec, State, Status, Upstream, UserId,
 };
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -105,6 +105,9 @@ pub struct Instance {
     /// The latest human activity; in the future when a client said it is busy until then.
     last_activity_ms: AtomicU64,
     inflight: AtomicUsize,
+    /// Whether the backend last reported it scaled up, whoever started it: another replica,
+    /// or this server before a restart (the local backend reports nothing).
+    backend_running: AtomicBool,
     clock: Clock,
     /// The cold start that waits for this instance's first response to a browser.
     pub first_byte: crate::metrics::FirstByte,
@@ -126,6 +129,7 @@ impl Instance {
             status: watch::Sender::new(status),
             last_activity_ms: AtomicU64::new(rec.last_activity_ms),
             inflight: AtomicUsize::new(0),
+            backend_running: AtomicBool::new(false),
             clock,
             first_byte: Default::default(),
         }
@@ -203,6 +207,15 @@ impl Instance {
     }
 
     /// Takes activity seen elsewhere (another server, a "busy until") into account.
+    pub fn backend_running(&self) -> bool {
+        self.backend_running.load(Ordering::Relaxed)
+    }
+
+    /// What the backend reported last; returns what it said before.
+    pub fn set_backend_running(&self, up: bool) -> bool {
+        self.backend_running.swap(up, Ordering::Relaxed)
+    }
+
     pub fn observe_activity(&self, ms: u64) {
         self.last_activity_ms.fetch_max(ms, Ordering::Relaxed);
     }

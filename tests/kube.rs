@@ -570,7 +570,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
     // A second replica serves the same instance at once, from the cluster's state alone.
     let data_b = tmp.path().join("proxy-b");
     std::fs::create_dir_all(&data_b).unwrap();
-    let b = Server::start(&data_b, &proxy_args(sa, &download));
+    let mut b = Server::start(&data_b, &proxy_args(sa, &download));
     let r = b.fetch(&c, Method::GET, "/small", "").await;
     assert_eq!(
         body_text(r).await,
@@ -625,6 +625,26 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         1,
         "a proxy restart does not stop instances"
     );
+
+    // Every proxy goes and one comes back: it did not start the instance, which still runs,
+    // and nobody uses it; its reaper scales it to zero all the same.
+    b.terminate();
+    a.terminate();
+    a = Server::start(&data_a, &proxy_args(sa, &download));
+    cp.wait(
+        "the instance nobody uses to scale to zero after a restart",
+        Duration::from_secs(40),
+        || cp.json(&["-n", INS, "get", "deployment", &name])["spec"]["replicas"] == 0,
+    );
+    let (_, v) = a
+        .api(Method::GET, &format!("/api/instances/{}", c.id), None)
+        .await;
+    assert_eq!(
+        (&v["status"], &v["stop_reason"]),
+        (&json!("Stopped"), &json!("idle")),
+        "{v}"
+    );
+    b = Server::start(&data_b, &proxy_args(sa, &download));
 
     // Delete: one call; everything but the workspace goes.
     let (st, _) = a

@@ -40,6 +40,7 @@ impl Lifecycle {
                 }
                 Some(inst) => {
                     inst.observe_activity(record.last_activity_ms);
+                    inst.set_backend_running(scaled_up);
                     self.token_seen(&inst, record.access_token, record.token_generation);
                     if scaled_up {
                         // Started by another server: a stop reason seen earlier no longer

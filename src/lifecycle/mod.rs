@@ -219,11 +219,20 @@ impl Lifecycle {
     }
 
     /// Stops a running (or starting) instance, recording why. Returns whether it was running.
+    /// One that is stopped here but that the backend runs (started through another replica,
+    /// or before this server started) is scaled down all the same: whichever replica is asked,
+    /// or holds the reaper's lease, stops it.
     pub async fn stop(&self, inst: &Arc<Instance>, reason: StopReason) -> bool {
-        if !inst.update(|s| s.stopping(&reason)) {
-            return false;
+        let here = inst.update(|s| s.stopping(&reason));
+        if !here {
+            let elsewhere = inst.state() == State::Stopped && inst.set_backend_running(false);
+            if !elsewhere {
+                return false;
+            }
+            // Stored with the scale-down below, for the other replicas' reconnect policy.
+            inst.update(|s| s.reason_learnt(Some(reason.clone())));
         }
-        tracing::info!(instance = %inst.id, %reason, "stopping");
+        tracing::info!(instance = %inst.id, %reason, elsewhere = !here, "stopping");
         self.metrics.stopped(match &reason {
             StopReason::Idle => "idle",
             StopReason::Api => "api",
@@ -240,6 +249,7 @@ impl Lifecycle {
         if let Err(e) = self.orchestrator.stop(&inst.id).await {
             tracing::warn!(instance = %inst.id, error = %e, "stop failed");
         }
+        inst.set_backend_running(false);
         inst.update(|s| s.stopped(Some(reason), ""));
         true
     }

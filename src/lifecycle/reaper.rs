@@ -61,9 +61,13 @@ impl Reaper {
         for inst in self.lifecycle.registry.all() {
             let timeout = Duration::from_secs(inst.spec.idle_timeout_secs);
             let last = inst.last_activity_ms();
-            if inst.state() == State::Running
-                && policy::is_idle(now, last, timeout, inst.inflight())
-            {
+            // Also what the backend runs without this server having started it (another
+            // replica's visitors, or a restart of this server): its activity arrives through
+            // the backend's records, the same signal the other replicas write.
+            let state = inst.state();
+            let runs =
+                state == State::Running || (state == State::Stopped && inst.backend_running());
+            if runs && policy::is_idle(now, last, timeout, inst.inflight()) {
                 let last_activity =
                     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(last));
                 tracing::info!(
@@ -203,6 +207,30 @@ mod tests {
             took >= busy + TIMEOUT && took <= busy + TIMEOUT + INTERVAL,
             "{took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_the_backend_runs_without_this_server_is_stopped_when_idle_too() {
+        let s = setup();
+        let inst = running(&s.lifecycle).await;
+        // Stopped here, as after a restart or when another replica started it; the backend
+        // reports it scaled up, with activity from elsewhere.
+        inst.update(|st| st.stopped(None, ""));
+        s.lifecycle.apply(crate::orchestrator::Observed::Present {
+            record: Box::new(inst.record()),
+            scaled_up: true,
+        });
+        assert!(inst.backend_running());
+        sleep(TIMEOUT - INTERVAL * 2).await;
+        assert!(inst.backend_running(), "not idle yet");
+        inst.observe_activity(inst.now_ms());
+        sleep(TIMEOUT - INTERVAL * 2).await;
+        assert!(inst.backend_running(), "activity from elsewhere counts");
+        sleep(INTERVAL * 3).await;
+        assert!(!inst.backend_running(), "scaled down");
+        assert_eq!(inst.status().stop_reason, Some(StopReason::Idle));
+        let stored = s.lifecycle.orchestrator.load().await.unwrap();
+        assert_eq!(stored[0].stop_reason, Some(StopReason::Idle));
     }
 
     #[tokio::test(start_paused = true)]
