@@ -8,6 +8,7 @@ use crate::control_plane::{kubeconfig, launch, scheduler, Proc, Procs};
 use crate::process::{lock, stop_child};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -172,6 +173,7 @@ impl Kubelet {
         for i in images {
             cmd.arg("--image").arg(i);
         }
+        cmd.arg("--ip-range").arg(pod_addresses());
         let log = std::fs::File::create(state_dir.with_extension("log")).unwrap();
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Kubelet {
@@ -184,6 +186,18 @@ impl Kubelet {
     pub fn claim_dir(&self, ns: &str, claim: &str) -> PathBuf {
         self.state_dir.join("pvc").join(ns).join(claim)
     }
+}
+
+/// Loopback addresses for one stand-in's pods that no other stand-in uses: the tests of a
+/// suite run side by side, each cluster with its own stand-in, and every pod listens on the
+/// same port; with shared addresses a pod of one cluster could answer for another's (seen as a
+/// refused connection token). The second octet follows the process, the third counts the
+/// stand-ins it started.
+fn pod_addresses() -> String {
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    let process = 1 + std::process::id() % 250;
+    let n = STARTED.fetch_add(1, Ordering::Relaxed) % 256;
+    format!("127.{process}.{n}.2-127.{process}.{n}.254")
 }
 
 impl Drop for Kubelet {
