@@ -626,25 +626,25 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
         "a proxy restart does not stop instances"
     );
 
-    // Every proxy goes and one comes back: it did not start the instance, which still runs,
-    // and nobody uses it; its reaper scales it to zero all the same.
+    // Every proxy goes and both come back: neither started the instance, which still runs,
+    // and nobody uses it; whichever holds the reaper's lease scales it to zero all the same.
     b.terminate();
     a.terminate();
     a = Server::start(&data_a, &proxy_args(sa, &download));
+    b = Server::start(&data_b, &proxy_args(sa, &download));
     cp.wait(
         "the instance nobody uses to scale to zero after a restart",
-        Duration::from_secs(40),
+        Duration::from_secs(60),
         || cp.json(&["-n", INS, "get", "deployment", &name])["spec"]["replicas"] == 0,
     );
-    let (_, v) = a
-        .api(Method::GET, &format!("/api/instances/{}", c.id), None)
-        .await;
-    assert_eq!(
-        (&v["status"], &v["stop_reason"]),
-        (&json!("Stopped"), &json!("idle")),
-        "{v}"
-    );
-    b = Server::start(&data_b, &proxy_args(sa, &download));
+    for s in [&a, &b] {
+        s.wait_state(&c.id, "Stopped", Duration::from_secs(10))
+            .await;
+        let (_, v) = s
+            .api(Method::GET, &format!("/api/instances/{}", c.id), None)
+            .await;
+        assert_eq!(v["stop_reason"], "idle", "{v}");
+    }
 
     // Delete: one call; everything but the workspace goes.
     let (st, _) = a
