@@ -8,8 +8,8 @@
 //! Twice: with `vod-kubelet` running the pod's `code-server` as a process (the base image's,
 //! here the test machine's code-server), and on a real node (kube-scheduler, a kubelet and
 //! containerd, [`vod_testkit::node`]) running a code-server base image built locally, where the
-//! pod's files are also shown to belong to the configured non-root user, and the reaper scales
-//! the instance to zero once nobody uses it.
+//! pod's files are also shown to belong to the configured non-root user (`tests/kube_node.rs`
+//! shows the reaper scaling an instance to zero on that node).
 
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -27,9 +27,6 @@ const INS: &str = "vod-code-instances";
 const USER: &str = "kcode";
 /// Not the image's own user (1000): the pod's securityContext decides.
 const UID: u32 = 2345;
-/// The real node's instance's: longer than the browser script's pauses between inputs (about
-/// 25 s here), short enough to wait for once the browser is gone.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longer than the script's own budget, so the script normally reports its failure itself.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(270);
 
@@ -119,15 +116,11 @@ async fn e2e(real: bool) {
         &uid,
         "--start-timeout",
         "120s",
-        "--reap-interval",
-        "2s",
     ];
     let mut a = Server::start(&data, &args);
-    let mut spec = json!({ "user_id": USER, "base_image": image });
-    if real {
-        spec["idle_timeout"] = json!(IDLE_TIMEOUT.as_secs());
-    }
-    let c = a.create(spec).await;
+    let c = a
+        .create(json!({ "user_id": USER, "base_image": image }))
+        .await;
     let name = format!("vsc-{}", c.id);
     let shots = tmp.path().join("screenshots");
 
@@ -247,41 +240,6 @@ async fn e2e(real: bool) {
             .all(|v| !v.to_str().unwrap().contains(&secret)),
         "{set_cookies:?}"
     );
-
-    if real {
-        // Nobody uses it now: the reaper scales it to zero, the pod goes, the file stays.
-        let path = format!("/api/instances/{}", c.id);
-        let mut v = json!(null);
-        for _ in 0..(IDLE_TIMEOUT.as_secs() + 60) * 2 {
-            v = a.api(Method::GET, &path, None).await.1;
-            if v["status"] == "Stopped" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        assert_eq!(
-            (&v["status"], &v["stop_reason"]),
-            (&json!("Stopped"), &json!("idle")),
-            "{v}"
-        );
-        assert_eq!(
-            cp.json(&["-n", INS, "get", "deployment", &name])["spec"]["replicas"],
-            0
-        );
-        cp.wait("the idle pod to go", Duration::from_secs(60), || {
-            cp.json(&[
-                "-n",
-                INS,
-                "get",
-                "pods",
-                "-l",
-                &format!("vscode-on-demand.io/instance={}", c.id),
-            ])["items"]
-                .as_array()
-                .is_some_and(Vec::is_empty)
-        });
-        assert!(workspace.join("persisted.txt").exists());
-    }
 
     // Delete: the instance's objects go, the user's workspace claim and its file stay.
     let (st, _) = a
