@@ -645,6 +645,11 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
             .await;
         assert_eq!(v["stop_reason"], "idle", "{v}");
     }
+    // A replica that has just started, the instance deleted through the other at once: it
+    // learns of the deletion from its watch's first listing if it came before the watch, else
+    // from the watch.
+    b.terminate();
+    b = Server::start(&data_b, &proxy_args(sa, &download));
 
     // Delete: one call; everything but the workspace goes.
     let (st, _) = a

@@ -15,9 +15,10 @@ impl Lifecycle {
         let (tx, mut rx) = tokio::sync::mpsc::channel(256);
         let orchestrator = self.orchestrator.clone();
         let shutdown = self.shutdown.clone();
+        let known = self.registry.all().iter().map(|i| i.id.clone()).collect();
         let observer = tokio::spawn(async move {
             tokio::select! {
-                () = orchestrator.observe(tx) => {}
+                () = orchestrator.observe(tx, known) => {}
                 () = shutdown.cancelled() => {}
             }
         });

@@ -141,9 +141,10 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Removes the instance's own resources; never the user's workspace.
     async fn delete(&self, id: &InstanceId) -> Result<()>;
     async fn workspace(&self, user: &UserId) -> Result<WorkspaceInfo>;
-    /// Reports changes made outside this server until the sender is dropped; backends whose
-    /// state only this server changes have nothing to report.
-    async fn observe(&self, _tx: tokio::sync::mpsc::Sender<Observed>) {}
+    /// Reports changes made outside this server until the sender is dropped, `known` being the
+    /// instances this server has (so one deleted before the watch began is reported gone);
+    /// backends whose state only this server changes have nothing to report.
+    async fn observe(&self, _tx: tokio::sync::mpsc::Sender<Observed>, _known: Vec<InstanceId>) {}
     /// Whether instances end with this server (child processes) rather than outliving it.
     fn instances_end_with_server(&self) -> bool {
         false

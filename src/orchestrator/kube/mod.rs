@@ -7,6 +7,7 @@
 
 mod containers;
 mod lease;
+mod listing;
 pub mod objects;
 mod pods;
 mod secrets;
@@ -381,8 +382,8 @@ impl Orchestrator for Kube {
         })
     }
 
-    async fn observe(&self, tx: tokio::sync::mpsc::Sender<Observed>) {
-        self.watch(tx).await;
+    async fn observe(&self, tx: tokio::sync::mpsc::Sender<Observed>, known: Vec<InstanceId>) {
+        self.watch(tx, known).await;
     }
 
     async fn may_reap(&self) -> bool {

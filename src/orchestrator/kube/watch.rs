@@ -2,6 +2,7 @@
 //! access tokens replaced in instance Secrets, and pods that go away under a running
 //! instance, reported as [`Observed`] changes.
 
+use super::listing::Known;
 use super::objects::{selector, INSTANCE_LABEL};
 use super::pods::lost;
 use super::secrets::{access_token, instance_of};
@@ -14,8 +15,14 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::{watcher, WatchStreamExt};
 
 impl Kube {
-    /// Reports what other servers do to instances (and pods going away) until `tx` closes.
-    pub(super) async fn watch(&self, tx: tokio::sync::mpsc::Sender<Observed>) {
+    /// Reports what other servers do to instances (and pods going away) until `tx` closes;
+    /// `known` are the instances this server has, so that what a listing lacks is reported
+    /// gone ([`Known`]).
+    pub(super) async fn watch(
+        &self,
+        tx: tokio::sync::mpsc::Sender<Observed>,
+        known: Vec<InstanceId>,
+    ) {
         let cfg = watcher::Config::default().labels(&selector());
         let deployments = watcher(self.api::<Deployment>(), cfg.clone()).default_backoff();
         let secrets = watcher(self.api::<Secret>(), cfg.clone()).default_backoff();
@@ -23,51 +30,63 @@ impl Kube {
         let mut deployments = std::pin::pin!(deployments);
         let mut secrets = std::pin::pin!(secrets);
         let mut pods = std::pin::pin!(pods);
+        let mut known = Known::new(known);
         loop {
-            let seen = tokio::select! {
+            let seen: Vec<Observed> = tokio::select! {
                 ev = deployments.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d))) => match self.record_of(&d).await {
-                        Ok(Some((record, scaled_up))) => Some(Observed::Present { record: Box::new(record), scaled_up }),
-                        _ => None,
-                    },
-                    Some(Ok(watcher::Event::Delete(d))) => d
-                        .metadata
-                        .labels
-                        .and_then(|l| l.get(INSTANCE_LABEL).and_then(|i| InstanceId::parse(i).ok()))
-                        .map(Observed::Gone),
+                    Some(Ok(watcher::Event::Init)) => {
+                        known.begin();
+                        Vec::new()
+                    }
+                    Some(Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d))) => {
+                        if let Some(id) = instance_id(&d) {
+                            known.present(&id);
+                        }
+                        match self.record_of(&d).await {
+                            Ok(Some((record, scaled_up))) => vec![Observed::Present { record: Box::new(record), scaled_up }],
+                            _ => Vec::new(),
+                        }
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => known.done().into_iter().map(Observed::Gone).collect(),
+                    Some(Ok(watcher::Event::Delete(d))) => {
+                        let id = instance_id(&d);
+                        if let Some(id) = &id {
+                            known.deleted(id);
+                        }
+                        id.map(Observed::Gone).into_iter().collect()
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "watching instances");
-                        None
+                        Vec::new()
                     }
-                    Some(Ok(_)) => None,
                     None => return,
                 },
                 ev = secrets.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s))) => self.token_seen(&s),
+                    Some(Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s))) => self.token_seen(&s).into_iter().collect(),
                     Some(Ok(watcher::Event::Delete(s))) => {
                         if let Some(id) = instance_of(&s) {
                             self.forget_token(id.as_str());
                         }
-                        None
+                        Vec::new()
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "watching instance Secrets");
-                        None
+                        Vec::new()
                     }
-                    Some(Ok(_)) => None,
+                    Some(Ok(_)) => Vec::new(),
                     None => return,
                 },
                 ev = pods.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p))) => lost(&p),
+                    Some(Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p))) => lost(&p).into_iter().collect(),
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "watching instance pods");
-                        None
+                        Vec::new()
                     }
-                    Some(Ok(_)) => None,
+                    Some(Ok(_)) => Vec::new(),
                     None => return,
                 },
             };
-            if let Some(seen) = seen {
+            for seen in seen {
                 if tx.send(seen).await.is_err() {
                     return;
                 }
@@ -87,4 +106,10 @@ impl Kube {
                 generation,
             })
     }
+}
+
+/// The instance a Deployment of ours is, by its label.
+fn instance_id(d: &Deployment) -> Option<InstanceId> {
+    let labels = d.metadata.labels.as_ref()?;
+    InstanceId::parse(labels.get(INSTANCE_LABEL)?).ok()
 }
