@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use vod_testkit::image::image;
-use vod_testkit::kube::ControlPlane;
+use vod_testkit::kube::{delete_keeping_workspace, ControlPlane};
 use vod_testkit::node::Node;
 use vod_testkit::vscode_cli::{container_cli_tarball, update_service_on};
 use vod_testkit::*;
@@ -202,13 +202,6 @@ async fn a_serve_web_instance_lives_on_the_real_node() {
         "VS Code is kept on the config volume"
     );
 
-    let (st, _) = a
-        .api(Method::DELETE, &format!("/api/instances/{}", c.id), None)
-        .await;
-    assert_eq!(st, StatusCode::OK);
-    cp.wait("the Deployment to go", Duration::from_secs(60), || {
-        !cp.exists(INS, "deployment", &name)
-    });
-    assert!(cp.exists(INS, "pvc", &claim));
+    delete_keeping_workspace(&a, &cp, INS, &c.id, &claim).await;
     assert!(workspace.join("k.txt").exists());
 }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vod_testkit::browser::{run_vscode_script, Deps};
 use vod_testkit::image::code_server_image;
-use vod_testkit::kube::{direct, ControlPlane, Kubelet};
+use vod_testkit::kube::{delete_keeping_workspace, direct, ControlPlane, Kubelet};
 use vod_testkit::node::Node;
 use vod_testkit::*;
 
@@ -242,14 +242,7 @@ async fn e2e(real: bool) {
     );
 
     // Delete: the instance's objects go, the user's workspace claim and its file stay.
-    let (st, _) = a
-        .api(Method::DELETE, &format!("/api/instances/{}", c.id), None)
-        .await;
-    assert_eq!(st, StatusCode::OK);
-    cp.wait("the Deployment to go", Duration::from_secs(60), || {
-        !cp.exists(INS, "deployment", &name)
-    });
-    assert!(cp.exists(INS, "pvc", &format!("vsc-ws-{USER}")));
+    delete_keeping_workspace(&a, &cp, INS, &c.id, &format!("vsc-ws-{USER}")).await;
     assert!(workspace.join("persisted.txt").exists());
     a.terminate();
 }

@@ -283,6 +283,26 @@ fn render_manifests(dst: &Path, proxy_ns: &str, instance_ns: &str) -> PathBuf {
     dst.to_owned()
 }
 
+/// Deletes instance `id` through `server`, waits for its Deployment to go, and checks that
+/// the user's workspace claim `claim` in `ns` stays.
+pub async fn delete_keeping_workspace(
+    server: &crate::Server,
+    cp: &ControlPlane,
+    ns: &str,
+    id: &str,
+    claim: &str,
+) {
+    let (st, _) = server
+        .api(http::Method::DELETE, &format!("/api/instances/{id}"), None)
+        .await;
+    assert_eq!(st, http::StatusCode::OK);
+    let deployment = format!("vsc-{id}");
+    cp.wait("the Deployment to go", Duration::from_secs(60), || {
+        !cp.exists(ns, "deployment", &deployment)
+    });
+    assert!(cp.exists(ns, "pvc", claim), "the workspace claim stays");
+}
+
 /// `curl` straight to a pod, the way another pod on the cluster network would try it: the
 /// status code and where it redirects to.
 pub fn direct(url: &str, headers: &[&str]) -> (String, String) {
