@@ -9,7 +9,7 @@ use serde_json::json;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
-use vod_testkit::kube::{ControlPlane, Kubelet};
+use vod_testkit::kube::{kube_mode, ControlPlane, Kubelet};
 use vod_testkit::tokio_tungstenite::tungstenite::Message;
 use vod_testkit::vscode_cli::{fake_cli_tarball, update_service};
 use vod_testkit::*;
@@ -19,16 +19,9 @@ const NS: &str = "vod-e2e";
 const INS: &str = "vod-e2e-instances";
 const INSTALLER: &str = "vscode-on-demand:test";
 
-fn proxy_args<'a>(kubeconfig: &'a str, download: &'a str) -> Vec<&'a str> {
-    vec![
-        "--backend",
-        "kube",
-        "--kubeconfig",
-        kubeconfig,
-        "--namespace",
-        NS,
-        "--instance-namespace",
-        INS,
+fn proxy_args<'a>(kubeconfig: &'a std::path::Path, download: &'a str) -> Vec<&'a str> {
+    let mut args = kube_mode(kubeconfig, NS, INS);
+    args.extend([
         "--installer-image",
         INSTALLER,
         "--vscode-download-url",
@@ -39,7 +32,8 @@ fn proxy_args<'a>(kubeconfig: &'a str, download: &'a str) -> Vec<&'a str> {
         "500ms",
         "--start-timeout",
         "60s",
-    ]
+    ]);
+    args
 }
 
 /// The upstream secret of an instance, as the cluster admin reads it.
@@ -446,7 +440,7 @@ async fn instances_are_deployments_scaled_between_zero_and_one() {
 
     let data_a = tmp.path().join("proxy-a");
     std::fs::create_dir_all(&data_a).unwrap();
-    let sa = sa_kc.to_str().unwrap();
+    let sa = sa_kc.as_path();
     let mut a = Server::start(&data_a, &proxy_args(sa, &download));
 
     // Create: the exact objects exist, labelled, the owned ones owned by the Deployment.
@@ -805,7 +799,7 @@ async fn a_rotated_token_is_refused_by_every_replica() {
     let tmp = tempdir();
     let (cp, _, sa_kc) = cluster(tmp.path());
     let (_kubelet, download, _) = pods_run_here(&cp, tmp.path()).await;
-    let sa = sa_kc.to_str().unwrap();
+    let sa = sa_kc.as_path();
     let data_a = tmp.path().join("proxy-a");
     let data_b = tmp.path().join("proxy-b");
     for d in [&data_a, &data_b] {

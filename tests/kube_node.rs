@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use vod_testkit::image::image;
-use vod_testkit::kube::{delete_keeping_workspace, ControlPlane};
+use vod_testkit::kube::{delete_keeping_workspace, kube_mode, ControlPlane};
 use vod_testkit::node::Node;
 use vod_testkit::vscode_cli::{container_cli_tarball, update_service_on};
 use vod_testkit::*;
@@ -128,29 +128,20 @@ async fn a_serve_web_instance_lives_on_the_real_node() {
     let data = tmp.path().join("proxy");
     std::fs::create_dir_all(&data).unwrap();
     let uid = UID.to_string();
-    let a = Server::start(
-        &data,
-        &[
-            "--backend",
-            "kube",
-            "--kubeconfig",
-            sa_kc.to_str().unwrap(),
-            "--namespace",
-            NS,
-            "--instance-namespace",
-            INS,
-            "--installer-image",
-            &installer,
-            "--vscode-download-url",
-            &url,
-            "--instance-uid",
-            &uid,
-            "--start-timeout",
-            "120s",
-            "--reap-interval",
-            "1s",
-        ],
-    );
+    let mut args = kube_mode(&sa_kc, NS, INS);
+    args.extend([
+        "--installer-image",
+        &installer,
+        "--vscode-download-url",
+        &url,
+        "--instance-uid",
+        &uid,
+        "--start-timeout",
+        "120s",
+        "--reap-interval",
+        "1s",
+    ]);
+    let a = Server::start(&data, &args);
     let c = a
         .create(json!({ "user_id": USER, "base_image": BASE, "idle_timeout": 5 }))
         .await;

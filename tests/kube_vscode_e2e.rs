@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vod_testkit::browser::{run_vscode_script, Deps};
 use vod_testkit::image::code_server_image;
-use vod_testkit::kube::{delete_keeping_workspace, direct, ControlPlane, Kubelet};
+use vod_testkit::kube::{delete_keeping_workspace, direct, kube_mode, ControlPlane, Kubelet};
 use vod_testkit::node::Node;
 use vod_testkit::*;
 
@@ -101,22 +101,15 @@ async fn e2e(real: bool) {
     let data = tmp.path().join("proxy");
     std::fs::create_dir_all(&data).unwrap();
     let uid = UID.to_string();
-    let args = [
-        "--backend",
-        "kube",
-        "--kubeconfig",
-        sa_kc.to_str().unwrap(),
-        "--namespace",
-        NS,
-        "--instance-namespace",
-        INS,
+    let mut args = kube_mode(&sa_kc, NS, INS);
+    args.extend([
         "--runtime",
         "code-server",
         "--instance-uid",
         &uid,
         "--start-timeout",
         "120s",
-    ];
+    ]);
     let mut a = Server::start(&data, &args);
     let c = a
         .create(json!({ "user_id": USER, "base_image": image }))

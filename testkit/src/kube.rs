@@ -283,6 +283,21 @@ fn render_manifests(dst: &Path, proxy_ns: &str, instance_ns: &str) -> PathBuf {
     dst.to_owned()
 }
 
+/// The flags of a proxy in kube mode with its own namespace `ns`, instances in `ins`, and
+/// the cluster reached through `kubeconfig`; a test adds its own after them.
+pub fn kube_mode<'a>(kubeconfig: &'a Path, ns: &'a str, ins: &'a str) -> Vec<&'a str> {
+    vec![
+        "--backend",
+        "kube",
+        "--kubeconfig",
+        kubeconfig.to_str().expect("a UTF-8 kubeconfig path"),
+        "--namespace",
+        ns,
+        "--instance-namespace",
+        ins,
+    ]
+}
+
 /// Deletes instance `id` through `server`, waits for its Deployment to go, and checks that
 /// the user's workspace claim `claim` in `ns` stays.
 pub async fn delete_keeping_workspace(
