@@ -22,8 +22,8 @@
 #     rust:1-bookworm                        bookworm minbase + gcc, libc6-dev; the Rust
 #                                            toolchain is this machine's, mounted at build time
 # - A code-server base image for instance pods (localhost/vod-code-server:test), as the widely
-#   used code-server images are: bookworm minbase with the libraries code-server's native
-#   modules link against, a user `coder` (1000), this machine's Node.js and the code-server
+#   used code-server images are: bookworm minbase with the runtime libraries of the -dev
+#   packages code-server's native modules are built against, a user `coder` (1000), this machine's Node.js and the code-server
 #   that scripts/install-test-deps.sh installed, `code-server` on PATH.
 # - The build stage runs with no network (`--network none`): the crates come from this
 #   machine's cargo registry (filled by `cargo fetch --locked`, which may use the network),

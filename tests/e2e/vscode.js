@@ -177,7 +177,6 @@ async function waitForWorkbench(page, out, phase) {
     if (await page.locator('.monaco-workbench').isVisible().catch(() => false)) return;
     if (Date.now() > deadline) throw new Error(`no workbench within ${WORKBENCH_TIMEOUT_MS / 1000}s`);
     if (aborted() > seen && out.reloads.filter((r) => r.phase === phase).length < 3) {
-      seen = aborted();
       // Loads still in flight settle first, then the page starts over.
       await sleep(1_000);
       out.reloads.push({ phase, at_s: Number(secs()) });
