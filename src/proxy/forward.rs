@@ -75,8 +75,10 @@ fn upstream_request(
 }
 
 /// The instance refused, broke or did not answer the exchange: 502, or 504 when it took too
-/// long; a browser loading a page gets a page that says so.
-fn upstream_failed(e: UpstreamError, navigation: bool) -> Response<Body> {
+/// long; a browser loading a page gets a page that says so. Logged, since the instance's side
+/// of it is in the instance's own log.
+fn upstream_failed(id: &str, e: UpstreamError, navigation: bool) -> Response<Body> {
+    tracing::warn!(instance = id, error = %e, "the instance did not answer");
     let f = if e.is_timeout() {
         Failure::instance(
             StatusCode::GATEWAY_TIMEOUT,
@@ -124,7 +126,7 @@ pub async fn forward(
     }
     let resp = match sh.upstream.request(&upstream.addr, req).await {
         Ok(resp) => resp,
-        Err(e) => return upstream_failed(e, source == Source::Navigation),
+        Err(e) => return upstream_failed(inst.id.as_str(), e, source == Source::Navigation),
     };
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
@@ -196,7 +198,7 @@ pub async fn forward_upgrade(
     };
     let mut resp = match sh.upstream.request(&upstream.addr, req).await {
         Ok(r) => r,
-        Err(e) => return upstream_failed(e, false),
+        Err(e) => return upstream_failed(inst.id.as_str(), e, false),
     };
     auth::confine_set_cookie(
         resp.headers_mut(),

@@ -119,6 +119,15 @@ async function run(name, budgetMs, main, out) {
     out.error = String((e && e.stack) || e);
     log(`FAILED: ${out.error}`);
     if (out.page) {
+      // Where the page stood and what it said: the screenshot stays on the machine that ran it.
+      out.failed_at = out.page.url();
+      await out.page
+        .evaluate(() => (document.body ? document.body.innerText : '').slice(0, 2000))
+        .then((text) => {
+          out.failed_page_text = text;
+          log(`the page at ${out.failed_at} said: ${JSON.stringify(text)}`);
+        })
+        .catch((err) => log(`the page at ${out.failed_at} could not be read: ${err.message}`));
       const p = path.join(process.env.VOD_E2E_SCREENSHOTS || '.', 'failure.png');
       await out.page
         .screenshot({ path: p, timeout: 10_000 })

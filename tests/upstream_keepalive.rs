@@ -1,0 +1,85 @@
+//! Idle connections to an instance are not reused past its keep-alive timeout. A server whose
+//! keep-alive timer fires just as the proxy writes a request to the idle connection closes it
+//! unanswered (Node, which VS Code's servers run on, closes after `Keep-Alive: timeout=5`);
+//! the request cannot be sent again, so reusing such a connection would answer the user 502.
+
+use http::{Method, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+use std::time::Duration;
+use vod_testkit::*;
+
+/// An instance that says `Keep-Alive: timeout=2` and closes, unanswered, a connection that
+/// receives a request after being idle longer than that: the crossing above, every time. Each
+/// answer names the connection it came on.
+const STRICT: &str = r#"
+import socket, sys, threading, time
+count = 0
+def serve(c, n):
+    f = c.makefile('rb')
+    last = None
+    while True:
+        line = f.readline()
+        if not line:
+            break
+        while line not in (b'\r\n', b'\n', b''):
+            line = f.readline()
+        if last is not None and time.monotonic() - last > 2.0:
+            break
+        body = b'connection %d' % n
+        c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\nKeep-Alive: timeout=2\r\n\r\n%s' % (len(body), body))
+        last = time.monotonic()
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    count += 1
+    threading.Thread(target=serve, args=(c, count), daemon=True).start()
+"#;
+
+#[tokio::test]
+async fn a_connection_idle_past_the_instances_keep_alive_is_not_reused() {
+    let dir = tempdir();
+    let script = dir.path().join("strict.py");
+    std::fs::write(&script, STRICT).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cmd = format!("python3 {} {{port}}", script.display());
+    let s = Server::start(
+        &data,
+        &[
+            "--runtime",
+            "command",
+            "--command",
+            &cmd,
+            "--sandbox",
+            "none",
+        ],
+    );
+    let c = s.create(json!({"user_id": "alice"})).await;
+    let get = || {
+        s.request(Method::GET, &format!("/instances/{}/", c.id))
+            .header("cookie", s.cookie(&c.token))
+            .body(Full::default())
+            .unwrap()
+    };
+    let r = s.send(get()).await;
+    assert_eq!(r.status(), StatusCode::OK, "the instance runs");
+    let first = body_text(r).await;
+
+    // Past the instance's keep-alive: the connection the proxy kept would be closed on it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = s.send(get()).await;
+    let status = r.status();
+    let second = body_text(r).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a request after the instance's keep-alive timeout is answered: {second}\nserver log:\n{}",
+        log_tail(&data.with_extension("server.log"), 20),
+    );
+    assert_ne!(first, second, "it came on a new connection");
+}
