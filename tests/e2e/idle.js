@@ -101,6 +101,16 @@ async function main(out) {
     out.script_loaded = true;
     await openTerminal(page);
     await waitForShell(page);
+    // On a slow machine the set-up above can leave the tab untouched for longer than the
+    // notice's lead, so the notice may be up: the typing phase starts once a click in the
+    // terminal has taken it down, as it does for a user coming back.
+    await page.locator('.terminal-wrapper .xterm').first().click({ timeout: 10_000 });
+    await poll('the notice gone after a click', 10_000, () =>
+      page.evaluate(() => {
+        const el = document.getElementById('vod-idle-notice');
+        return !el || el.hidden || !el.isConnected;
+      }),
+    );
 
     // Typing: keys into the terminal every few seconds, for several idle periods.
     enter('typing');
