@@ -45,13 +45,13 @@ async function launch() {
   });
 }
 
-// The management API, with the admin token from the environment.
-async function api(method, route) {
+// The management API, with the admin token from the environment; `timeoutMs` bounds the call.
+async function api(method, route, timeoutMs = 30_000) {
   const base = need('VOD_E2E_API').replace(/\/$/, '');
   const resp = await fetch(`${base}/api${route}`, {
     method,
     headers: { Authorization: `Bearer ${need('VOD_E2E_ADMIN_TOKEN')}` },
-    signal: AbortSignal.timeout(30_000),
+    signal: AbortSignal.timeout(timeoutMs),
   });
   const body = await resp.json();
   if (!resp.ok) throw new Error(`${method} ${route} answered ${resp.status}: ${JSON.stringify(body)}`);

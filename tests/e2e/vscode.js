@@ -143,7 +143,10 @@ async function main(out) {
   // this test's navigation (the workbench's own reconnects are refused after an API stop; that
   // is tests/idle_e2e.rs's business).
   await page.goto('about:blank');
-  const stopped = await api('POST', `/instances/${id}/stop`);
+  // A stop answers once the pod is gone, which the server waits up to 60 s for: a real
+  // kubelet's teardown of a pod (its sandbox, its network, the pod object) took over 30 s on a
+  // loaded machine.
+  const stopped = await api('POST', `/instances/${id}/stop`, 90_000);
   if (stopped.status !== 'Stopped') throw new Error(`stop answered ${JSON.stringify(stopped)}`);
   out.timings.stopped_s = Number(secs());
   log('instance stopped through the API');
