@@ -1,12 +1,15 @@
-//! Idle connections to an instance are not reused past its keep-alive timeout. A server whose
-//! keep-alive timer fires just as the proxy writes a request to the idle connection closes it
-//! unanswered (Node, which VS Code's servers run on, closes after `Keep-Alive: timeout=5`);
-//! the request cannot be sent again, so reusing such a connection would answer the user 502.
+//! Connections to an instance: kept alive and reused between requests, but not past the
+//! instance's keep-alive timeout. A server whose keep-alive timer fires just as the proxy
+//! writes a request to the idle connection closes it unanswered (Node, which VS Code's servers
+//! run on, closes after `Keep-Alive: timeout=5`); the request cannot be sent again, so reusing
+//! such a connection would answer the user 502. A connection the instance breaks in the middle
+//! of a response ends that response, and the next request is served.
 
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 use std::time::Duration;
+use vod_testkit::client::send_http1;
 use vod_testkit::*;
 
 /// An instance that says `Keep-Alive: timeout=2` and closes, unanswered, a connection that
@@ -82,4 +85,91 @@ async fn a_connection_idle_past_the_instances_keep_alive_is_not_reused() {
         log_tail(&data.with_extension("server.log"), 20),
     );
     assert_ne!(first, second, "it came on a new connection");
+}
+
+/// An instance that answers `/` with the connection it came on (no `Keep-Alive` header, so
+/// the proxy's own reuse window applies) and `/cut` with the head and part of a body, after
+/// which it closes the connection.
+const CUTTING: &str = r#"
+import socket, sys, threading
+count = 0
+def serve(c, n):
+    f = c.makefile('rb')
+    while True:
+        line = f.readline()
+        if not line:
+            break
+        path = line.split()[1]
+        while line not in (b'\r\n', b'\n', b''):
+            line = f.readline()
+        if path.endswith(b'/cut'):
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n' + b'x' * 1000)
+            break
+        body = b'connection %d' % n
+        c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body))
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    count += 1
+    threading.Thread(target=serve, args=(c, count), daemon=True).start()
+"#;
+
+#[tokio::test]
+async fn connections_are_reused_and_one_broken_mid_response_ends_only_that_response() {
+    let dir = tempdir();
+    let script = dir.path().join("cutting.py");
+    std::fs::write(&script, CUTTING).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cmd = format!("python3 {} {{port}}", script.display());
+    let s = Server::start(
+        &data,
+        &[
+            "--runtime",
+            "command",
+            "--command",
+            &cmd,
+            "--sandbox",
+            "none",
+        ],
+    );
+    let c = s.create(json!({"user_id": "alice"})).await;
+    let get = |rest: &str| {
+        s.request(Method::GET, &format!("/instances/{}/{rest}", c.id))
+            .header("cookie", s.cookie(&c.token))
+            .body(Full::default())
+            .unwrap()
+    };
+    let r = s.send(get("")).await;
+    assert_eq!(r.status(), StatusCode::OK, "the instance runs");
+    let first = body_text(r).await;
+    let r = s.send(get("")).await;
+    assert_eq!(
+        body_text(r).await,
+        first,
+        "the next request reuses the connection"
+    );
+
+    // The response fails when the instance breaks the connection, rather than being held: the
+    // client gets its head and then a body cut short, or, when the break came as the head was
+    // being sent, no response on a closed connection.
+    let cut = async {
+        let io = hyper_util::rt::TokioIo::new(s.connect(b"http/1.1").await);
+        let (r, _conn) = send_http1(io, get("cut")).await?;
+        assert_eq!(r.status(), StatusCode::OK);
+        http_body_util::BodyExt::collect(r.into_body()).await
+    };
+    let read = tokio::time::timeout(Duration::from_secs(60), cut)
+        .await
+        .expect("a response the instance broke off ends");
+    assert!(read.is_err(), "the client sees the response was cut short");
+
+    let r = s.send(get("")).await;
+    assert_eq!(r.status(), StatusCode::OK, "the next request is served");
+    let after = body_text(r).await;
+    assert!(after.starts_with("connection "), "{after}");
 }

@@ -196,7 +196,7 @@ pub async fn forward_upgrade(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let mut resp = match sh.upstream.request(&upstream.addr, req).await {
+    let mut resp = match sh.upstream.upgrade(&upstream.addr, req).await {
         Ok(r) => r,
         Err(e) => return upstream_failed(inst.id.as_str(), e, false),
     };

@@ -6,11 +6,12 @@
 //! end) and a new `Content-Length`.
 
 use crate::http::{Body, BoxError};
+use crate::upstream::DrivenBody;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use http::{header, response, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 
 /// Largest page that gets the script. VS Code's is a few KiB.
 const MAX_PAGE: usize = 2 << 20;
@@ -68,7 +69,7 @@ pub fn insert(page: &[u8], tag: &str) -> Bytes {
 /// limit streams on unchanged.
 pub async fn page(
     parts: &mut response::Parts,
-    mut body: Incoming,
+    mut body: DrivenBody,
     tag: &str,
 ) -> Result<Body, hyper::Error> {
     let mut buf = BytesMut::new();

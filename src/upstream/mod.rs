@@ -2,15 +2,20 @@
 //! HTTP/1.1 handshake, and the keep-alive pool the proxy sends requests through. The local
 //! backend's readiness probes connect the same way.
 
+mod driven;
+mod pool;
+
 use crate::instance::UpstreamAddr;
+pub use driven::DrivenBody;
+use driven::{Driven, Stream};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use pool::{Home, Pool};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::either::Either;
 
 /// The readiness probes' connect timeout; the proxy's is configured.
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,30 +30,19 @@ const DEFAULT_REUSE: Duration = Duration::from_secs(4);
 /// one at the response head, plus a margin for a write that is scheduled late.
 const REUSE_MARGIN: Duration = Duration::from_secs(1);
 
-/// A pooled connection and the instant after which it is not handed out again.
-struct Pooled {
-    conn: SendRequest<Incoming>,
-    reuse_until: Instant,
-}
-
-type Pool = HashMap<UpstreamAddr, Vec<Pooled>, foldhash::fast::RandomState>;
-
 /// Keep-alive HTTP/1.1 connections to instances, by address (TCP or Unix socket).
 ///
 /// A connection is handed out only while idle (its previous response read to the end), so a
 /// long response never holds up another request; while all are busy, another is opened. A
 /// connection the instance closed, or one idle for as long as the instance keeps connections
-/// open (see [`DEFAULT_REUSE`]), is dropped when next looked at, and a request that could not
-/// be written to one goes to the next. hyper-util's pooled client does the same with more
-/// work per request (hashing its pool key, a checkout racing a connect): a fifth of the proxy
-/// path's instructions in profiles (bench/README.md).
+/// open (see [`DEFAULT_REUSE`]), is dropped when next looked at. Requests are driven by the
+/// task that sends them ([`driven`]). hyper-util's pooled client does the same with more work
+/// per request (hashing its pool key, a checkout racing a connect, a task per connection).
 ///
 /// A connection must be made within the connect timeout and a response head must come
 /// within the response timeout, so a hung instance does not hold its clients forever.
 pub struct UpstreamClient {
-    // foldhash: two lookups per request, keyed by addresses the orchestrators chose.
-    idle: Mutex<Pool>,
-    returns: AtomicUsize,
+    pool: Arc<Pool>,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
@@ -61,6 +55,8 @@ pub enum UpstreamError {
     ConnectTimeout(UpstreamAddr),
     #[error("no response within {0:?}")]
     ResponseTimeout(Duration),
+    #[error("the instance closed the connection without answering")]
+    Closed,
     #[error("{}", with_cause(.0))]
     Http(#[from] hyper::Error),
 }
@@ -87,20 +83,20 @@ impl UpstreamError {
 impl UpstreamClient {
     pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
         Self {
-            idle: Mutex::default(),
-            returns: AtomicUsize::new(0),
+            pool: Arc::default(),
             connect_timeout,
             response_timeout,
         }
     }
 
     /// Sends a request (its URI in origin form, its `Host` set) to the instance at `addr` and
-    /// returns the response head, within the response timeout.
+    /// returns the response head, within the response timeout. The body drives the connection
+    /// as it is read, and returns it to the pool at its end.
     pub async fn request(
         &self,
         addr: &UpstreamAddr,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<DrivenBody>, UpstreamError> {
         tokio::time::timeout(self.response_timeout, self.exchange(addr, req))
             .await
             .map_err(|_| UpstreamError::ResponseTimeout(self.response_timeout))?
@@ -109,77 +105,48 @@ impl UpstreamClient {
     async fn exchange(
         &self,
         addr: &UpstreamAddr,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        // After an upgrade the connection belongs to the tunnel.
-        let reusable = !req.headers().contains_key(http::header::UPGRADE);
-        while let Some(mut conn) = self.take(addr) {
-            match conn.try_send_request(req).await {
-                Ok(resp) => {
-                    if reusable {
-                        self.put(addr, conn, &resp);
+        req: Request<Incoming>,
+    ) -> Result<Response<DrivenBody>, UpstreamError> {
+        let mut conn = loop {
+            match self.pool.take(addr) {
+                // One the instance closed meanwhile is dropped here; the next is tried.
+                Some(mut conn) => {
+                    if conn.ready().await {
+                        break conn;
                     }
-                    return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    // Not written: the connection had gone; the next one gets the request.
-                    Some(unsent) => req = unsent,
-                    None => return Err(e.into_error().into()),
-                },
+                // Boxed: connecting is rare beside reusing, and its future is large.
+                None => break Box::pin(connect_driven(addr, self.connect_timeout)).await?,
             }
-        }
-        // Boxed: connecting is rare beside reusing, and its future is large.
-        let mut conn = Box::pin(connect_within(addr, self.connect_timeout)).await?;
-        let resp = conn.send_request(req).await?;
-        if reusable {
-            self.put(addr, conn, &resp);
-        }
-        Ok(resp)
-    }
-
-    fn idle(&self) -> std::sync::MutexGuard<'_, Pool> {
-        // Each critical section leaves the map consistent, so a poisoned lock is still usable.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn take(&self, addr: &UpstreamAddr) -> Option<SendRequest<Incoming>> {
-        let mut idle = self.idle();
-        let conns = idle.get_mut(addr)?;
-        let now = Instant::now();
-        conns.retain(|c| !c.conn.is_closed() && c.reuse_until > now);
-        let found = conns.iter().position(|c| c.conn.is_ready());
-        let conn = found.map(|i| conns.swap_remove(i).conn);
-        if conns.is_empty() {
-            idle.remove(addr);
-        }
-        conn
-    }
-
-    /// Pools `conn` for as long as `resp` says the instance keeps it open.
-    fn put(&self, addr: &UpstreamAddr, conn: SendRequest<Incoming>, resp: &Response<Incoming>) {
-        let reuse = reuse_window(resp.headers());
-        if reuse.is_zero() {
-            return;
-        }
-        let conn = Pooled {
-            conn,
-            reuse_until: Instant::now() + reuse,
         };
-        let mut idle = self.idle();
-        // Looked up by reference: only a new entry pays for a key of its own.
-        match idle.get_mut(addr) {
-            Some(conns) => conns.push(conn),
-            None => {
-                idle.insert(addr.clone(), vec![conn]);
-            }
-        }
-        // Now and then, forget connections to instances that are gone (stopped, moved).
-        if self.returns.fetch_add(1, Ordering::Relaxed) % 4096 == 0 {
-            idle.retain(|_, conns| {
-                conns.retain(|c| !c.conn.is_closed());
-                !conns.is_empty()
-            });
-        }
+        let resp = conn.exchange(req).await?;
+        let window = reuse_window(resp.headers());
+        let home = Home {
+            pool: self.pool.clone(),
+            addr: addr.clone(),
+            reuse_until: (!window.is_zero()).then(|| Instant::now() + window),
+        };
+        let (parts, body) = resp.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            DrivenBody::new(body, conn, home),
+        ))
+    }
+
+    /// Sends a WebSocket handshake to the instance at `addr` on a connection of its own, which
+    /// becomes the tunnel's if the instance agrees; within the response timeout.
+    pub async fn upgrade(
+        &self,
+        addr: &UpstreamAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let exchange = async {
+            let mut conn = connect_within(addr, self.connect_timeout).await?;
+            Ok(conn.send_request(req).await?)
+        };
+        tokio::time::timeout(self.response_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::ResponseTimeout(self.response_timeout))?
     }
 }
 
@@ -214,6 +181,7 @@ where
     connect_within(addr, PROBE_CONNECT_TIMEOUT).await
 }
 
+/// A new connection whose task of its own drives it (probes, WebSocket handshakes).
 async fn connect_within<B>(
     addr: &UpstreamAddr,
     timeout: Duration,
@@ -223,32 +191,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match addr {
-        UpstreamAddr::Tcp(a) => {
-            let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a))
-                .await
-                .map_err(|_| UpstreamError::ConnectTimeout(addr.clone()))?
-                .map_err(|e| UpstreamError::Connect(addr.clone(), e))?;
-            let _ = tcp.set_nodelay(true);
-            handshake(addr, tcp).await
-        }
-        UpstreamAddr::Unix(p) => {
-            let unix = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(p))
-                .await
-                .map_err(|_| UpstreamError::ConnectTimeout(addr.clone()))?
-                .map_err(|e| UpstreamError::Connect(addr.clone(), e))?;
-            handshake(addr, unix).await
-        }
-    }
-}
-
-async fn handshake<S, B>(addr: &UpstreamAddr, io: S) -> Result<SendRequest<B>, UpstreamError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+    let io = open(addr, timeout).await?;
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     let addr = addr.clone();
     tokio::spawn(async move {
@@ -257,6 +200,35 @@ where
         }
     });
     Ok(send)
+}
+
+/// A new connection driven by the task that uses it (proxied requests).
+async fn connect_driven(addr: &UpstreamAddr, timeout: Duration) -> Result<Driven, UpstreamError> {
+    let io = open(addr, timeout).await?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    Ok(Driven::new(send, conn))
+}
+
+/// The instance's socket, connected within `timeout`.
+async fn open(addr: &UpstreamAddr, timeout: Duration) -> Result<Stream, UpstreamError> {
+    let timed_out = |_| UpstreamError::ConnectTimeout(addr.clone());
+    let failed = |e| UpstreamError::Connect(addr.clone(), e);
+    Ok(match addr {
+        UpstreamAddr::Tcp(a) => {
+            let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a))
+                .await
+                .map_err(timed_out)?
+                .map_err(failed)?;
+            let _ = tcp.set_nodelay(true);
+            Either::Left(tcp)
+        }
+        UpstreamAddr::Unix(p) => Either::Right(
+            tokio::time::timeout(timeout, tokio::net::UnixStream::connect(p))
+                .await
+                .map_err(timed_out)?
+                .map_err(failed)?,
+        ),
+    })
 }
 
 #[cfg(test)]
