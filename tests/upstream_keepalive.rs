@@ -46,22 +46,7 @@ while True:
 #[tokio::test]
 async fn a_connection_idle_past_the_instances_keep_alive_is_not_reused() {
     let dir = tempdir();
-    let script = dir.path().join("strict.py");
-    std::fs::write(&script, STRICT).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let cmd = format!("python3 {} {{port}}", script.display());
-    let s = Server::start(
-        &data,
-        &[
-            "--runtime",
-            "command",
-            "--command",
-            &cmd,
-            "--sandbox",
-            "none",
-        ],
-    );
+    let s = python_instances(dir.path(), STRICT, &[]);
     let c = s.create(json!({"user_id": "alice"})).await;
     let get = || {
         s.request(Method::GET, &format!("/instances/{}/", c.id))
@@ -82,7 +67,7 @@ async fn a_connection_idle_past_the_instances_keep_alive_is_not_reused() {
         status,
         StatusCode::OK,
         "a request after the instance's keep-alive timeout is answered: {second}\nserver log:\n{}",
-        log_tail(&data.with_extension("server.log"), 20),
+        log_tail(&s.data_dir.with_extension("server.log"), 20),
     );
     assert_ne!(first, second, "it came on a new connection");
 }
@@ -121,22 +106,7 @@ while True:
 #[tokio::test]
 async fn connections_are_reused_and_one_broken_mid_response_ends_only_that_response() {
     let dir = tempdir();
-    let script = dir.path().join("cutting.py");
-    std::fs::write(&script, CUTTING).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let cmd = format!("python3 {} {{port}}", script.display());
-    let s = Server::start(
-        &data,
-        &[
-            "--runtime",
-            "command",
-            "--command",
-            &cmd,
-            "--sandbox",
-            "none",
-        ],
-    );
+    let s = python_instances(dir.path(), CUTTING, &[]);
     let c = s.create(json!({"user_id": "alice"})).await;
     let get = |rest: &str| {
         s.request(Method::GET, &format!("/instances/{}/{rest}", c.id))

@@ -27,24 +27,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_foreve
 #[tokio::test]
 async fn a_hung_instance_is_answered_504_and_the_rest_goes_on() {
     let dir = tempdir();
-    let script = dir.path().join("hung.py");
-    std::fs::write(&script, HUNG).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let cmd = format!("python3 {} {{port}}", script.display());
-    let s = Server::start(
-        &data,
-        &[
-            "--runtime",
-            "command",
-            "--command",
-            &cmd,
-            "--sandbox",
-            "none",
-            "--upstream-response-timeout",
-            "1s",
-        ],
-    );
+    let s = python_instances(dir.path(), HUNG, &["--upstream-response-timeout", "1s"]);
     let c = s.create(json!({"user_id": "alice"})).await;
     let get = |rest: &str, navigation: bool| {
         let mut b = s

@@ -30,6 +30,19 @@ pub fn unsandboxed(cmd: &str) -> Vec<&str> {
     ]
 }
 
+/// A server, in `dir`, whose instances run the Python `script` (given the port to listen on as
+/// its argument) unsandboxed, with `args` added: an instance that misbehaves in a chosen way.
+pub fn python_instances(dir: &Path, script: &str, args: &[&str]) -> Server {
+    let path = dir.join("instance.py");
+    std::fs::write(&path, script).unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cmd = format!("python3 {} {{port}}", path.display());
+    let mut all = unsandboxed(&cmd);
+    all.extend_from_slice(args);
+    Server::start(&data, &all)
+}
+
 /// Lines in a starts file: how many times an instance process was started.
 pub fn starts(path: &Path) -> Vec<i32> {
     std::fs::read_to_string(path)

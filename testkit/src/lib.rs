@@ -38,7 +38,9 @@ pub mod vscode_cli;
 
 pub use bins::{kubelet, product, upstream};
 pub use client::{body_json, body_text, Created};
-pub use fixture::{starts, tempdir, unsandboxed, upstream_command, wait_until, Fixture};
+pub use fixture::{
+    python_instances, starts, tempdir, unsandboxed, upstream_command, wait_until, Fixture,
+};
 pub use metrics::{Scrape, PHASES};
 pub use process::{log_tail, pid_alive, stop_child};
 pub use server::Server;
