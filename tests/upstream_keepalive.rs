@@ -143,3 +143,102 @@ async fn connections_are_reused_and_one_broken_mid_response_ends_only_that_respo
     let after = body_text(r).await;
     assert!(after.starts_with("connection "), "{after}");
 }
+
+/// An instance that answers a POST at once, 413, before reading its body, and then reads and
+/// drops the body before the next request, as Node does; anything else is answered with the
+/// connection it came on.
+const EARLY: &str = r#"
+import socket, sys, threading
+count = 0
+def serve(c, n):
+    f = c.makefile('rb')
+    while True:
+        line = f.readline()
+        if not line:
+            break
+        length = 0
+        h = f.readline()
+        while h not in (b'\r\n', b'\n', b''):
+            k, _, v = h.partition(b':')
+            if k.strip().lower() == b'content-length':
+                length = int(v)
+            h = f.readline()
+        if line.startswith(b'POST'):
+            c.sendall(b'HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n')
+        else:
+            body = b'connection %d' % n
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body))
+        while length > 0:
+            chunk = f.read1(min(length, 65536))
+            if not chunk:
+                break
+            length -= len(chunk)
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    count += 1
+    threading.Thread(target=serve, args=(c, count), daemon=True).start()
+"#;
+
+/// A request body that sends its first 64 KiB of the length it announced, and then nothing:
+/// an upload in progress.
+struct StalledUpload {
+    sent: bool,
+}
+
+impl http_body::Body for StalledUpload {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if std::mem::replace(&mut self.sent, true) {
+            return std::task::Poll::Pending;
+        }
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+#[tokio::test]
+async fn an_upload_the_instance_answered_early_does_not_hold_the_next_request() {
+    let dir = tempdir();
+    // Long enough that a request waiting for the stalled upload fails the test, not this.
+    let s = python_instances(dir.path(), EARLY, &["--upstream-response-timeout", "30s"]);
+    let c = s.create(json!({"user_id": "alice"})).await;
+    let get = || {
+        s.request(Method::GET, &format!("/instances/{}/", c.id))
+            .header("cookie", s.cookie(&c.token))
+            .body(Full::default())
+            .unwrap()
+    };
+    let r = s.send(get()).await;
+    assert_eq!(r.status(), StatusCode::OK, "the instance runs");
+
+    let upload = s
+        .request(Method::POST, &format!("/instances/{}/upload", c.id))
+        .header("cookie", s.cookie(&c.token))
+        .header("content-length", 64 * 1024 * 1024)
+        .body(StalledUpload { sent: false })
+        .unwrap();
+    let io = hyper_util::rt::TokioIo::new(s.connect(b"http/1.1").await);
+    let (r, _uploading) = send_http1(io, upload).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE, "answered early");
+
+    // The upload is still open: the connection it went over must not be this one's.
+    let r = s.send(get()).await;
+    let status = r.status();
+    let text = body_text(r).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the next request is served at once: {text}\nserver log:\n{}",
+        log_tail(&s.data_dir.with_extension("server.log"), 20),
+    );
+}

@@ -15,7 +15,7 @@ use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::either::Either;
 
@@ -58,16 +58,18 @@ impl Driven {
         }
     }
 
-    /// Drives the connection until it takes a request; false when it has been closed.
+    /// Whether the connection takes a request now, once it has read and written what it
+    /// could: not when the instance closed it, nor while it is still sending an earlier
+    /// request's body. Waiting for either would hold a request for as long as another
+    /// client's upload takes.
+    pub fn is_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx);
+        !self.closed && matches!(self.send.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+
+    /// [`Self::is_idle`] from a task.
     pub async fn ready(&mut self) -> bool {
-        poll_fn(|cx| {
-            self.drive(cx);
-            if self.closed {
-                return Poll::Ready(false);
-            }
-            self.send.poll_ready(cx).map(|r| r.is_ok())
-        })
-        .await
+        poll_fn(|cx| Poll::Ready(self.is_idle(cx))).await
     }
 
     /// Sends `req` and drives the connection until the response head has come.
@@ -108,14 +110,18 @@ impl DrivenBody {
         };
         // A body with nothing in it may never be polled.
         if b.body.is_end_stream() {
-            b.release();
+            b.release(&mut Context::from_waker(Waker::noop()));
         }
         b
     }
 
-    fn release(&mut self) {
-        if let Some((conn, home)) = self.conn.take() {
-            home.put(conn);
+    /// Back to the pool, unless the instance answered before it had the whole request body
+    /// (a 413 to a large upload): then the connection is closed, which ends the upload.
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some((mut conn, home)) = self.conn.take() {
+            if !home.uploaded || conn.is_idle(cx) {
+                home.put(conn);
+            }
         }
     }
 }
@@ -142,8 +148,8 @@ impl Body for DrivenBody {
             }
         }
         match &r {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            Poll::Ready(None) => this.release(cx),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(cx),
             Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}
         }

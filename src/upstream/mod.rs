@@ -119,12 +119,14 @@ impl UpstreamClient {
                 None => break Box::pin(connect_driven(addr, self.connect_timeout)).await?,
             }
         };
+        let uploaded = !http_body::Body::is_end_stream(req.body());
         let resp = conn.exchange(req).await?;
         let window = reuse_window(resp.headers());
         let home = Home {
             pool: self.pool.clone(),
             addr: addr.clone(),
             reuse_until: (!window.is_zero()).then(|| Instant::now() + window),
+            uploaded,
         };
         let (parts, body) = resp.into_parts();
         Ok(Response::from_parts(

@@ -75,6 +75,8 @@ pub struct Home {
     pub pool: Arc<Pool>,
     pub addr: UpstreamAddr,
     pub reuse_until: Option<Instant>,
+    /// The request had a body, which may still be being sent when the response ends.
+    pub uploaded: bool,
 }
 
 impl Home {
