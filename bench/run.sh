@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Measures vscode-on-demand's proxy path side by side with the limit (the load generator straight
-# to the upstream) and with peers (nginx, haproxy, caddy, configurable-http-proxy), all in one
-# run against the same upstream with the same certificate, and prints a table of absolute
-# figures and ratios. See bench/README.md.
+# to the upstream) and with peers (nginx, haproxy, caddy, configurable-http-proxy, and Pingora
+# outside the smoke mode), all in one run against the same upstream with the same certificate,
+# and prints a table of absolute figures and ratios. See bench/README.md.
 #
 #   bash bench/run.sh           full run (about 15 minutes with the defaults)
 #   bash bench/run.sh --smoke   a few seconds, correctness only; exits non-zero on failure
@@ -12,8 +12,8 @@
 # Environment: BENCH_BIN_DIR (use the binaries there instead of building), BENCH_DURATION (seconds per measurement, 10), BENCH_RUNS (3; medians are
 # reported), BENCH_PROXY_CPU (0) and BENCH_LOAD_CPU (1): the core every proxy is pinned to and
 # the core shared by the load generator and the upstream. BENCH_IDLE_WS (WebSockets for case 6),
-# BENCH_WAKES (wakes for case 7), BENCH_CASES (e.g. "5 7 ir"; "ir" counts instructions per
-# request with callgrind; cases 1-4 always run together),
+# BENCH_WAKES (wakes for case 7), BENCH_CASES (default "1 2 3 4 3h 8 5 6 7 ir"; "ir" counts
+# instructions per request with callgrind; cases 1-4 always run together),
 # BENCH_RESULTS (where the raw result lines go).
 set -euo pipefail
 
@@ -54,7 +54,7 @@ die() {
 # Debian packages and one npm package, installed once; later runs only check they are there.
 install_tools() {
   local pkgs=(nginx haproxy caddy wrk python3 curl)
-  if [ "$MODE" = full ]; then pkgs+=(strace valgrind nghttp2-client); fi
+  if [ "$MODE" != smoke ]; then pkgs+=(strace valgrind nghttp2-client cmake openssl); fi
   local missing=() p
   # A removed package keeps its configuration and `dpkg -s` still succeeds; ask for its state.
   for p in "${pkgs[@]}"; do
@@ -107,6 +107,17 @@ build() {
   fi
   VOD="$target_dir/$dir/vscode-on-demand"
   UPSTREAM_BIN="$target_dir/$dir/vod-upstream"
+}
+
+# Pingora, the Rust proxy framework, as a peer: bench/pingora/ is a program of its own with its
+# locked dependencies (about 4 minutes to build the first time, cached). Not in the smoke mode.
+build_pingora() {
+  PINGORA=""
+  [ "$MODE" = smoke ] && return 0
+  local target_dir="$CACHE/pingora-target"
+  (cd "$BENCH/pingora" && CARGO_TARGET_DIR="$target_dir" cargo build -q --release --locked) ||
+    die "bench/pingora did not build"
+  PINGORA="$target_dir/release/vod-bench-pingora"
 }
 
 # ---- processes --------------------------------------------------------------------------------
@@ -194,6 +205,11 @@ start_vod() {
   PIDS+=("$VOD_PID")
 }
 
+# The port in the newest instance address in a server's log.
+logged_port() {
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -o 'addr=127.0.0.1:[0-9]*' | tail -1 | cut -d: -f2
+}
+
 # Creates the bench instance and wakes it with a held request; sets INST_ID, INST_TOKEN and
 # UP_PORT (the instance's port, which every peer proxies to as well).
 create_and_wake() {
@@ -207,15 +223,18 @@ create_and_wake() {
     -b "$VOD_COOKIE=$INST_TOKEN" "https://localhost:$port/instances/$INST_ID/small") ||
     die "the instance did not start"
   [ "$body" = hello ] || die "unexpected answer through vscode-on-demand: $body"
-  UP_PORT=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/server.log" | grep -o 'addr=127.0.0.1:[0-9]*' |
-    tail -1 | cut -d: -f2)
+  UP_PORT=$(logged_port "$dir/server.log")
   [ -n "$UP_PORT" ] || die "no instance address in $dir/server.log"
 }
 
 # NGINX_WRAP, when set, runs nginx under another program (callgrind for the counts).
 NGINX_WRAP=()
+# start_nginx PORT [DIR [NAME [UPSTREAM [LOCATION [CERT KEY]]]]]: the defaults are the main
+# instance's; the other cases put nginx in front of their own instance, or with another
+# certificate. Sets PEER_PID[NAME].
 start_nginx() {
-  local port=$1 dir=${2:-$WORK/nginx}
+  local port=$1 dir=${2:-$WORK/nginx} name=${3:-nginx} upstream=${4:-127.0.0.1:$UP_PORT}
+  local location=${5:-/instances/$INST_ID/} cert=${6:-$CERT} key=${7:-$KEY}
   mkdir -p "$dir/tmp"
   cat >"$dir/nginx.conf" <<EOF
 # One worker on the proxy core, in the foreground, so its CPU time is one process's.
@@ -232,18 +251,18 @@ http {
   proxy_temp_path $dir/tmp/proxy;
   keepalive_requests 100000000;
   upstream instance {
-    server 127.0.0.1:$UP_PORT;
+    server $upstream;
     keepalive 256;
     keepalive_requests 100000000;
   }
   map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
   server {
     listen 127.0.0.1:$port ssl http2;
-    ssl_certificate $CERT;
-    ssl_certificate_key $KEY;
+    ssl_certificate $cert;
+    ssl_certificate_key $key;
     ssl_protocols TLSv1.3;
     ssl_session_cache shared:SSL:10m;
-    location /instances/$INST_ID/ {
+    location $location {
       proxy_pass http://instance/;
       proxy_http_version 1.1;
       proxy_set_header Host \$host;
@@ -258,7 +277,7 @@ http {
 EOF
   taskset -c "$PROXY_CPU" "${NGINX_WRAP[@]}" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
     2>"$dir/stderr.log" &
-  PEER_PID[nginx]=$!
+  PEER_PID[$name]=$!
   PIDS+=("$!")
 }
 
@@ -315,6 +334,15 @@ EOF
   PIDS+=("$!")
 }
 
+start_pingora() {
+  local port=$1 dir="$WORK/pingora"
+  mkdir -p "$dir"
+  taskset -c "$PROXY_CPU" "$PINGORA" "127.0.0.1:$port" "127.0.0.1:$UP_PORT" "$CERT" "$KEY" \
+    "/instances/$INST_ID" >"$dir/pingora.log" 2>&1 &
+  PEER_PID[pingora]=$!
+  PIDS+=("$!")
+}
+
 start_chp() {
   local port=$1 dir="$WORK/chp"
   mkdir -p "$dir"
@@ -344,13 +372,15 @@ start_all() {
   BASE[direct]="http://127.0.0.1:$UP_PORT/instances/$INST_ID"
   BASE[vod]="https://127.0.0.1:$port/instances/$INST_ID"
   PEER_PID[direct]=""
-  local t p
-  for t in nginx haproxy caddy chp; do
+  local peers=(nginx haproxy caddy chp) t p
+  [ -n "$PINGORA" ] && peers+=(pingora)
+  TARGETS=(direct vod "${peers[@]}")
+  for t in "${peers[@]}"; do
     p=$(free_port)
     "start_$t" "$p"
     BASE[$t]="https://127.0.0.1:$p/instances/$INST_ID"
   done
-  for t in nginx haproxy caddy chp; do
+  for t in "${peers[@]}"; do
     wait_url "${BASE[$t]}/small" 20 "${PEER_PID[$t]}"
   done
   log "upstream 127.0.0.1:$UP_PORT; proxies on core $PROXY_CPU, load and upstream on core $LOAD_CPU"
@@ -366,12 +396,14 @@ RESULTS=""
 put() { echo "$*" >>"$RESULTS"; }
 
 # One wrk run against a target; prints "requests duration_us bytes p50 p99 errors cpu_ticks".
+# WRK_WRAP, when set, runs wrk under another program (a mount namespace for case 3h).
+WRK_WRAP=()
 wrk_once() {
   local target=$1 conns=$2 path=$3
   shift 3
   local pid=${PEER_PID[$target]} c0=0 c1=0 out line
   [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 10s \
+  out=$(taskset -c "$LOAD_CPU" "${WRK_WRAP[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 10s \
     -s "$BENCH/wrk-report.lua" -H "Cookie: $COOKIE" "$@" "${BASE[$target]}$path")
   [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
   line=$(grep '^WRK ' <<<"$out") || die "wrk printed no result for $target"
@@ -384,24 +416,24 @@ wrk_once() {
   echo "$req $dur $bytes $p50 $p99 $err $((c1 - c0))"
 }
 
-# Records the usual figures of one run under a case name.
+# Records the usual figures of one run under a case name, and the target's name or AS.
 wrk_case() {
   local case=$1 target=$2 conns=$3 path=$4
   shift 4
-  local r req dur bytes p50 p99 err ticks
+  local r req dur bytes p50 p99 err ticks name=${AS:-$target}
   r=$(wrk_once "$target" "$conns" "$path" "$@")
   read -r req dur bytes p50 p99 err ticks <<<"$r"
-  put "$case $target rps $(awk -v r="$req" -v d="$dur" 'BEGIN{printf "%.1f", r/d*1e6}')"
-  put "$case $target mbps $(awk -v b="$bytes" -v d="$dur" 'BEGIN{printf "%.1f", b/d}')"
-  put "$case $target p50_us $p50"
-  put "$case $target p99_us $p99"
+  put "$case $name rps $(awk -v r="$req" -v d="$dur" 'BEGIN{printf "%.1f", r/d*1e6}')"
+  put "$case $name mbps $(awk -v b="$bytes" -v d="$dur" 'BEGIN{printf "%.1f", b/d}')"
+  put "$case $name p50_us $p50"
+  put "$case $name p99_us $p99"
   if [ "$target" != direct ]; then
-    put "$case $target cpu_us $(awk -v t="$ticks" -v r="$req" -v hz="$CLK_TCK" 'BEGIN{printf "%.1f", t/hz*1e6/r}')"
+    put "$case $name cpu_us $(awk -v t="$ticks" -v r="$req" -v hz="$CLK_TCK" 'BEGIN{printf "%.1f", t/hz*1e6/r}')"
   fi
   LAST_P50=$p50 LAST_P99=$p99
 }
 
-TARGETS=(direct vod nginx haproxy caddy chp)
+TARGETS=()
 
 case_http() {
   local round t d50 d99
@@ -445,6 +477,89 @@ case_http() {
       fi
     done
   done
+}
+
+# Case 3h: full handshakes when every instance has a host name of its own (host routing, each
+# instance's certificate minted by the local CA the first time its name is asked for, then
+# kept), against nginx serving one wildcard certificate from the same CA. Both proxy to this
+# case's own instance. wrk runs in a mount namespace whose /etc/hosts names the instance's host.
+case_host_handshakes() {
+  local dir="$WORK/vod-host" port nport json id token host up round
+  port=$(free_port)
+  local ROUTING=(--routing host --public-url "https://vscode.local:$port")
+  start_vod "$dir" "$port" "taskset -c $LOAD_CPU $UPSTREAM_BIN --port {port}"
+  local vpid=$VOD_PID
+  wait_url "https://127.0.0.1:$port/api/health" 180 "$vpid"
+  # The server's own host name, for the CLI; the instance's, once known, for wrk.
+  printf '127.0.0.1 localhost\n127.0.0.1 vscode.local\n' >"$WORK/hosts"
+  local WRK_WRAP=(unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$WORK/hosts")
+  json=$("${WRK_WRAP[@]}" "$VOD" create --user-id benchhost --data-dir "$dir" --json)
+  id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["instance_id"])' <<<"$json")
+  token=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' <<<"$json")
+  host="$id.vscode.local"
+  local body
+  body=$(curl -sS --max-time 30 --cacert "$dir/certs/ca.crt" --resolve "$host:$port:127.0.0.1" \
+    -b "__Host-vod_tkn=$token" "https://$host:$port/instances/$id/small") || die "the host-routed instance did not start"
+  [ "$body" = hello ] || die "unexpected answer through host routing: $body"
+  up=$(logged_port "$dir/server.log")
+  [ -n "$up" ] || die "no instance address in $dir/server.log"
+  # A wildcard certificate for nginx, signed by the same CA with the same key type.
+  local wild="$WORK/wild"
+  mkdir -p "$wild"
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=*.vscode.local" \
+    -keyout "$wild/key.pem" -out "$wild/req.pem" 2>/dev/null
+  printf 'subjectAltName=DNS:*.vscode.local\nextendedKeyUsage=serverAuth\n' >"$wild/ext"
+  openssl x509 -req -in "$wild/req.pem" -CA "$dir/certs/ca.crt" -CAkey "$dir/certs/ca.key" \
+    -CAcreateserial -days 2 -extfile "$wild/ext" -out "$wild/cert.pem" 2>/dev/null ||
+    die "could not make the wildcard certificate"
+  nport=$(free_port)
+  start_nginx "$nport" "$WORK/nginx-wild" nginxh "127.0.0.1:$up" "/instances/$id/" "$wild/cert.pem" "$wild/key.pem"
+  PEER_PID[vodh]=$vpid
+  BASE[vodh]="https://$host:$port/instances/$id"
+  BASE[nginxh]="https://$host:$nport/instances/$id"
+  echo "127.0.0.1 $host" >>"$WORK/hosts"
+  curl -s --max-time 10 --retry 20 --retry-connrefused --retry-max-time 20 \
+    --cacert "$dir/certs/ca.crt" --resolve "$host:$nport:127.0.0.1" \
+    -o /dev/null "https://$host:$nport/instances/$id/small" || die "nginx with the wildcard certificate did not answer"
+  for round in $(seq "$RUNS"); do
+    log "case 3h: new connections to an instance's own host, round $round of $RUNS"
+    COOKIE="__Host-vod_tkn=$token" AS=vod wrk_case c3h vodh 64 /small -H "Connection: close"
+    AS=nginx wrk_case c3h nginxh 64 /small -H "Connection: close"
+  done
+  stop_pid "${PEER_PID[nginxh]}"
+  stop_pid "$vpid"
+}
+
+# Case 8: the instance listens on a Unix socket (what the local backend does with {socket}, so
+# that no other local process can reach it over TCP); nginx proxies to the same socket.
+case_unix() {
+  local dir="$WORK/vod-unix" port nport sock round
+  port=$(free_port)
+  start_vod "$dir" "$port" "taskset -c $LOAD_CPU $UPSTREAM_BIN --socket {socket}"
+  local vpid=$VOD_PID INST_ID INST_TOKEN UP_PORT
+  wait_url "https://127.0.0.1:$port/api/health" 180 "$vpid"
+  local json body
+  json=$("$VOD" create --user-id benchunix --data-dir "$dir" --json)
+  INST_ID=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["instance_id"])' <<<"$json")
+  INST_TOKEN=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' <<<"$json")
+  body=$(curl -sS --max-time 30 --cacert "$dir/certs/ca.crt" -b "$VOD_COOKIE=$INST_TOKEN" \
+    "https://127.0.0.1:$port/instances/$INST_ID/small") || die "the Unix-socket instance did not start"
+  [ "$body" = hello ] || die "unexpected answer from the Unix-socket instance: $body"
+  sock=$(find "$dir" -type s | head -1)
+  [ -n "$sock" ] || die "no Unix socket under $dir"
+  nport=$(free_port)
+  start_nginx "$nport" "$WORK/nginx-unix" nginxu "unix:$sock"
+  PEER_PID[vodu]=$vpid
+  BASE[vodu]="https://127.0.0.1:$port/instances/$INST_ID"
+  BASE[nginxu]="https://127.0.0.1:$nport/instances/$INST_ID"
+  wait_url "${BASE[nginxu]}/small" 20 "${PEER_PID[nginxu]}"
+  for round in $(seq "$RUNS"); do
+    log "case 8: Unix-socket upstream, round $round of $RUNS"
+    COOKIE="$VOD_COOKIE=$INST_TOKEN" AS=vod wrk_case c8 vodu 64 /small
+    AS=nginx wrk_case c8 nginxu 64 /small
+  done
+  stop_pid "${PEER_PID[nginxu]}"
+  stop_pid "$vpid"
 }
 
 # Case 6 runs first, on fresh processes, so earlier load has not grown their heaps.
@@ -605,7 +720,7 @@ EOF
 }
 
 # Whether BENCH_CASES (default: all) names case $1; cases 1-4 share their rounds.
-wanted() { [[ " ${BENCH_CASES:-1 2 3 4 5 6 7 ir} " == *" $1 "* ]]; }
+wanted() { [[ " ${BENCH_CASES:-1 2 3 4 3h 8 5 6 7 ir} " == *" $1 "* ]]; }
 
 machine_note() {
   local model
@@ -656,6 +771,7 @@ main() {
   local t0=$SECONDS
   install_tools
   build
+  build_pingora
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/vod-bench.XXXXXX")
   # Case 6 needs two descriptors per WebSocket in the proxy; the hard limit decides how many.
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -685,6 +801,8 @@ main() {
   note=$(machine_note)
   if wanted 6; then case_idle_ws; fi
   if wanted 1 || wanted 2 || wanted 3 || wanted 4; then case_http; fi
+  if wanted 3h; then case_host_handshakes; fi
+  if wanted 8; then case_unix; fi
   if wanted 5; then case_scale; fi
   if wanted ir; then case_instructions; fi
   if wanted 7; then case_wake; fi

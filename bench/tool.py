@@ -276,7 +276,7 @@ def cmd_seed(a):
 
 # ---- report ---------------------------------------------------------------------------------
 
-TARGETS = ["direct", "vod", "nginx", "haproxy", "caddy", "chp"]
+TARGETS = ["direct", "vod", "nginx", "haproxy", "caddy", "chp", "pingora"]
 NAMES = {
     "direct": "direct",
     "vod": "vscode-on-demand",
@@ -284,6 +284,7 @@ NAMES = {
     "haproxy": "haproxy",
     "caddy": "caddy",
     "chp": "config-http-proxy",
+    "pingora": "pingora",
 }
 
 
@@ -343,12 +344,19 @@ ROWS = [
     ("c3", "rps", "3 new TLS conn + 1 req: /s", "k", True),
     ("c3", "cpu_us", "3   proxy CPU per connection", "us", False),
     ("c3", "core_rps", "3   handshakes/s per proxy core", "k", True),
+    ("c3h", "rps", "3h own host per instance: conn/s", "k", True),
+    ("c3h", "cpu_us", "3h  proxy CPU per connection", "us", False),
+    ("c3h", "core_rps", "3h  handshakes/s per proxy core", "k", True),
     ("c4", "rtt50_us", "4 WS 32 B round trip p50", "us", False),
     ("c4", "rtt99_us", "4 WS 32 B round trip p99", "us", False),
     ("c4", "mbps", "4 WS 1 MiB echo: MB/s each way", "MB/s", True),
     ("c4", "cpu_us", "4   proxy CPU per MiB echoed", "us", False),
     ("c4", "core_mbps", "4   MB/s each way per proxy core", "MB/s", True),
     ("c6", "bytes_per_conn", "6 memory per idle WebSocket", "KiB", False),
+    ("c8", "rps", "8 Unix-socket upstream: req/s", "k", True),
+    ("c8", "cpu_us", "8   proxy CPU per request", "us", False),
+    ("c8", "core_rps", "8   req/s per proxy core", "k", True),
+    ("c8", "p50_us", "8   p50 latency (64 conns)", "us", False),
 ]
 
 
@@ -358,7 +366,7 @@ def cmd_report(a):
     lines = []
     out = lines.append
     head = f"{'case / metric':34}" + "".join(f"{NAMES[t]:>18}" for t in TARGETS)
-    head += f"{'vod/nginx':>11}{'vod/best(ng,ha)':>17}{'vod/chp':>9}"
+    head += f"{'vod/nginx':>11}{'vod/best(ng,ha)':>17}{'vod/pingora':>13}{'vod/chp':>9}"
     out(head)
     out("-" * len(head))
     for case, metric, label, unit, higher in ROWS:
@@ -375,7 +383,7 @@ def cmd_report(a):
 
         best = [vals[t] for t in ("nginx", "haproxy") if vals[t] is not None]
         best = (max(best) if higher else min(best)) if best else None
-        row += f"{ratio(vals['nginx']):>11}{ratio(best):>17}{ratio(vals['chp']):>9}"
+        row += f"{ratio(vals['nginx']):>11}{ratio(best):>17}{ratio(vals['pingora']):>13}{ratio(vals['chp']):>9}"
         out(row)
     out("")
     out("ratios: > 1.00x means vscode-on-demand is better (more throughput, or less latency, CPU, memory)")
