@@ -12,7 +12,7 @@
 # Environment: BENCH_BIN_DIR (use the binaries there instead of building), BENCH_DURATION (seconds per measurement, 10), BENCH_RUNS (3; medians are
 # reported), BENCH_PROXY_CPU (0) and BENCH_LOAD_CPU (1): the core every proxy is pinned to and
 # the core shared by the load generator and the upstream. BENCH_IDLE_WS (WebSockets for case 6),
-# BENCH_WAKES (wakes for case 7), BENCH_CASES (default "1 2 3 4 3h 8 5 6 7 ir"; "ir" counts
+# BENCH_WAKES (wakes for case 7), BENCH_CASES (default "1 2 3 4 1mc 3h 8 5 6 7 ir"; "ir" counts
 # instructions per request with callgrind; cases 1-4 always run together),
 # BENCH_RESULTS (where the raw result lines go).
 set -euo pipefail
@@ -167,12 +167,20 @@ wait_url() {
   die "$url did not answer within ${secs}s"
 }
 
+# User + system ticks of process $1, and of its child processes too when $2 is "tree" (nginx's
+# workers; not for vscode-on-demand, whose children are the instances).
 cpu_ticks() {
-  local s f
-  s=$(<"/proc/$1/stat")
-  s=${s##*) }
-  read -r -a f <<<"$s"
-  echo $((f[11] + f[12]))
+  local pids=("$1") p s f total=0
+  if [ "${2:-}" = tree ]; then
+    for p in $(pgrep -P "$1"); do pids+=("$p"); done
+  fi
+  for p in "${pids[@]}"; do
+    s=$(<"/proc/$p/stat")
+    s=${s##*) }
+    read -r -a f <<<"$s"
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
 }
 
 # The value of key=value in a line that bench/tool.py printed.
@@ -229,6 +237,7 @@ create_and_wake() {
 
 # NGINX_WRAP, when set, runs nginx under another program (callgrind for the counts).
 NGINX_WRAP=()
+NGINX_WORKERS=1
 # start_nginx PORT [DIR [NAME [UPSTREAM [LOCATION [CERT KEY]]]]]: the defaults are the main
 # instance's; the other cases put nginx in front of their own instance, or with another
 # certificate. Sets PEER_PID[NAME].
@@ -237,10 +246,11 @@ start_nginx() {
   local location=${5:-/instances/$INST_ID/} cert=${6:-$CERT} key=${7:-$KEY}
   mkdir -p "$dir/tmp"
   cat >"$dir/nginx.conf" <<EOF
-# One worker on the proxy core, in the foreground, so its CPU time is one process's.
+# One worker on the proxy core, in the foreground, so its CPU time is one process's (case 1mc:
+# a master and NGINX_WORKERS workers, counted together).
 daemon off;
-master_process off;
-worker_processes 1;
+master_process $([ "$NGINX_WORKERS" -gt 1 ] && echo on || echo off);
+worker_processes $NGINX_WORKERS;
 worker_rlimit_nofile $NOFILE;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -356,7 +366,8 @@ start_chp() {
 
 # Starts the main server, its instance and every peer in front of the same upstream; sets
 # URL_<target> (base URL up to the instance prefix) and PEER_PID.
-declare -A PEER_PID BASE
+# PEER_TREE[target]=tree: the target's CPU time includes its child processes'.
+declare -A PEER_PID BASE PEER_TREE
 start_all() {
   local port
   port=$(free_port)
@@ -398,14 +409,15 @@ put() { echo "$*" >>"$RESULTS"; }
 # One wrk run against a target; prints "requests duration_us bytes p50 p99 errors cpu_ticks".
 # WRK_WRAP, when set, runs wrk under another program (a mount namespace for case 3h).
 WRK_WRAP=()
+WRK_THREADS=1
 wrk_once() {
   local target=$1 conns=$2 path=$3
   shift 3
-  local pid=${PEER_PID[$target]} c0=0 c1=0 out line
-  [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CPU" "${WRK_WRAP[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 10s \
+  local pid=${PEER_PID[$target]} tree=${PEER_TREE[$target]:-} c0=0 c1=0 out line
+  [ -n "$pid" ] && c0=$(cpu_ticks "$pid" "$tree")
+  out=$(taskset -c "$LOAD_CPU" "${WRK_WRAP[@]}" wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" --timeout 10s \
     -s "$BENCH/wrk-report.lua" -H "Cookie: $COOKIE" "$@" "${BASE[$target]}$path")
-  [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+  [ -n "$pid" ] && c1=$(cpu_ticks "$pid" "$tree")
   line=$(grep '^WRK ' <<<"$out") || die "wrk printed no result for $target"
   local _ req dur bytes p50 p99 err serr
   read -r _ req dur bytes p50 p99 err serr <<<"$line"
@@ -559,6 +571,34 @@ case_unix() {
     AS=nginx wrk_case c8 nginxu 64 /small
   done
   stop_pid "${PEER_PID[nginxu]}"
+  stop_pid "$vpid"
+}
+
+# Case 1mc: case 1 with both cores for everyone, competing: vscode-on-demand's multi-threaded
+# runtime (two workers, as it runs when its affinity holds two cores), nginx with two worker
+# processes, wrk with two threads and the upstream, all on the same two cores. Both proxy to
+# this case's own instance.
+case_multicore() {
+  local both="$PROXY_CPU,$LOAD_CPU"
+  local PROXY_CPU=$both LOAD_CPU=$both WRK_THREADS=2 NGINX_WORKERS=2
+  local dir="$WORK/vod-mc" port nport round INST_ID INST_TOKEN UP_PORT
+  port=$(free_port)
+  start_vod "$dir" "$port" "taskset -c $LOAD_CPU $UPSTREAM_BIN --port {port}"
+  local vpid=$VOD_PID
+  create_and_wake "$dir" "$port"
+  nport=$(free_port)
+  start_nginx "$nport" "$WORK/nginx-mc" nginxmc
+  PEER_TREE[nginxmc]=tree
+  PEER_PID[vodmc]=$vpid
+  BASE[vodmc]="https://127.0.0.1:$port/instances/$INST_ID"
+  BASE[nginxmc]="https://127.0.0.1:$nport/instances/$INST_ID"
+  wait_url "${BASE[nginxmc]}/small" 20 "${PEER_PID[nginxmc]}"
+  for round in $(seq "$RUNS"); do
+    log "case 1mc: two cores for everyone, round $round of $RUNS"
+    COOKIE="$VOD_COOKIE=$INST_TOKEN" AS=vod wrk_case c1mc vodmc 64 /small
+    AS=nginx wrk_case c1mc nginxmc 64 /small
+  done
+  stop_pid "${PEER_PID[nginxmc]}"
   stop_pid "$vpid"
 }
 
@@ -720,7 +760,7 @@ EOF
 }
 
 # Whether BENCH_CASES (default: all) names case $1; cases 1-4 share their rounds.
-wanted() { [[ " ${BENCH_CASES:-1 2 3 4 3h 8 5 6 7 ir} " == *" $1 "* ]]; }
+wanted() { [[ " ${BENCH_CASES:-1 2 3 4 1mc 3h 8 5 6 7 ir} " == *" $1 "* ]]; }
 
 machine_note() {
   local model
@@ -801,6 +841,7 @@ main() {
   note=$(machine_note)
   if wanted 6; then case_idle_ws; fi
   if wanted 1 || wanted 2 || wanted 3 || wanted 4; then case_http; fi
+  if wanted 1mc; then case_multicore; fi
   if wanted 3h; then case_host_handshakes; fi
   if wanted 8; then case_unix; fi
   if wanted 5; then case_scale; fi

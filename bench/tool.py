@@ -338,6 +338,8 @@ ROWS = [
     ("c1lat", "p99_us", "1 one conn: p99", "us", False),
     ("c1lat", "add50_us", "1   added over direct, p50", "us", False),
     ("c1lat", "add99_us", "1   added over direct, p99", "us", False),
+    ("c1mc", "rps", "1mc two cores for all: req/s", "k", True),
+    ("c1mc", "cpu_us", "1mc proxy CPU per request", "us", False),
     ("c2", "mbps", "2 64 KiB, 64 conns: MB/s", "MB/s", True),
     ("c2", "cpu_us", "2   proxy CPU per request", "us", False),
     ("c2", "core_mbps", "2   MB/s per proxy core", "MB/s", True),
