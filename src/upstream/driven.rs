@@ -2,8 +2,8 @@
 //! polls it while it waits for the response head and while it streams the response body, so a
 //! request does not cross to a connection task of its own and back (a spawned connection task
 //! costs two task switches per request, with their wake-ups). Between requests it rests in the
-//! pool and nobody polls it; whoever takes it next drives it until it wants a request, which
-//! also finds out when the instance closed it meanwhile.
+//! pool and nobody polls it; whoever takes it next drives it once and uses it only if it then
+//! wants a request, which also finds out when the instance closed it meanwhile.
 
 use super::pool::Home;
 use super::UpstreamError;
