@@ -12,6 +12,22 @@ use std::time::Duration;
 use vod_testkit::client::send_http1;
 use vod_testkit::*;
 
+/// An instance script: `serve(c, n)` from `serve`, called on a thread for each accepted
+/// connection `c`, the `n`th, on the port given as the first argument.
+fn instance(serve: &str) -> String {
+    format!(
+        "{serve}s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    count += 1
+    threading.Thread(target=serve, args=(c, count), daemon=True).start()
+"
+    )
+}
+
 /// An instance that says `Keep-Alive: timeout=2` and closes, unanswered, a connection that
 /// receives a request after being idle longer than that: the crossing above, every time. Each
 /// answer names the connection it came on.
@@ -33,20 +49,12 @@ def serve(c, n):
         c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\nKeep-Alive: timeout=2\r\n\r\n%s' % (len(body), body))
         last = time.monotonic()
     c.close()
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', int(sys.argv[1])))
-s.listen(64)
-while True:
-    c, _ = s.accept()
-    count += 1
-    threading.Thread(target=serve, args=(c, count), daemon=True).start()
 "#;
 
 #[tokio::test]
 async fn a_connection_idle_past_the_instances_keep_alive_is_not_reused() {
     let dir = tempdir();
-    let s = python_instances(dir.path(), STRICT, &[]);
+    let s = python_instances(dir.path(), &instance(STRICT), &[]);
     let c = s.create(json!({"user_id": "alice"})).await;
     let get = || {
         s.request(Method::GET, &format!("/instances/{}/", c.id))
@@ -93,20 +101,12 @@ def serve(c, n):
         body = b'connection %d' % n
         c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body))
     c.close()
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', int(sys.argv[1])))
-s.listen(64)
-while True:
-    c, _ = s.accept()
-    count += 1
-    threading.Thread(target=serve, args=(c, count), daemon=True).start()
 "#;
 
 #[tokio::test]
 async fn connections_are_reused_and_one_broken_mid_response_ends_only_that_response() {
     let dir = tempdir();
-    let s = python_instances(dir.path(), CUTTING, &[]);
+    let s = python_instances(dir.path(), &instance(CUTTING), &[]);
     let c = s.create(json!({"user_id": "alice"})).await;
     let get = |rest: &str| {
         s.request(Method::GET, &format!("/instances/{}/{rest}", c.id))
@@ -174,14 +174,6 @@ def serve(c, n):
                 break
             length -= len(chunk)
     c.close()
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', int(sys.argv[1])))
-s.listen(64)
-while True:
-    c, _ = s.accept()
-    count += 1
-    threading.Thread(target=serve, args=(c, count), daemon=True).start()
 "#;
 
 /// A request body that sends its first 64 KiB of the length it announced, and then nothing:
@@ -210,7 +202,11 @@ impl http_body::Body for StalledUpload {
 async fn an_upload_the_instance_answered_early_does_not_hold_the_next_request() {
     let dir = tempdir();
     // Long enough that a request waiting for the stalled upload fails the test, not this.
-    let s = python_instances(dir.path(), EARLY, &["--upstream-response-timeout", "30s"]);
+    let s = python_instances(
+        dir.path(),
+        &instance(EARLY),
+        &["--upstream-response-timeout", "30s"],
+    );
     let c = s.create(json!({"user_id": "alice"})).await;
     let get = || {
         s.request(Method::GET, &format!("/instances/{}/", c.id))
