@@ -69,7 +69,7 @@ pub struct Credential {
 }
 
 impl Credential {
-    fn new(token: AccessToken, generation: u64) -> Self {
+    pub(crate) fn new(token: AccessToken, generation: u64) -> Self {
         Self {
             token,
             generation,

@@ -76,3 +76,21 @@ fn tokens_compare() {
     assert!(!t.matches(b"nope"));
     assert!(!format!("{t:?}").contains(t.expose()));
 }
+
+#[test]
+fn every_byte_of_a_token_counts() {
+    // Tokens set through the API need not be 64 bytes: whole words and the bytes after them.
+    for len in [1, 7, 8, 13, 64, 71] {
+        let secret: String = (0..len)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let t = AccessToken::from_secret(secret.clone());
+        assert!(t.matches(secret.as_bytes()), "length {len}");
+        assert!(!t.matches(&secret.as_bytes()[..len - 1]), "length {len}");
+        for i in 0..len {
+            let mut guess = secret.clone().into_bytes();
+            guess[i] ^= 0x20;
+            assert!(!t.matches(&guess), "length {len}, byte {i} changed");
+        }
+    }
+}
