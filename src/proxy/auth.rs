@@ -249,36 +249,30 @@ mod tests {
         assert!(only.get(header::COOKIE).is_none());
     }
 
+    /// Headers with one `Cookie` header of `value`.
+    fn cookie_header(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static(value));
+        h
+    }
+
     #[test]
     fn the_cookie_checked_is_the_cookie_stripped() {
         let t = AccessToken::from_secret("0123456789abcdef".to_owned());
         let cred = crate::registry::Credential::new(t, 0);
+        let check = |h: &HeaderMap| check(Some(&cred), h, None, PATH_COOKIE);
         // Spaces around `=` are not what browsers send, but a client may: the cookie is
         // accepted by the check only if the stripping removes it too.
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1;  __Secure-vod_tkn = 0123456789abcdef ; b"),
-        );
-        assert_eq!(check(Some(&cred), &h, None, PATH_COOKIE), Presented::Valid);
+        let mut h = cookie_header("a=1;  __Secure-vod_tkn = 0123456789abcdef ; b");
+        assert_eq!(check(&h), Presented::Valid);
         strip_cookie(&mut h);
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b");
-        let mut wrong = HeaderMap::new();
-        wrong.insert(
-            header::COOKIE,
-            HeaderValue::from_static("__Secure-vod_tkn=0123"),
-        );
         assert_eq!(
-            check(Some(&cred), &wrong, None, PATH_COOKIE),
+            check(&cookie_header("__Secure-vod_tkn=0123")),
             Presented::Wrong
         );
-        let mut none = HeaderMap::new();
-        none.insert(
-            header::COOKIE,
-            HeaderValue::from_static("__Secure-vod_tknx=0123456789abcdef"),
-        );
         assert_eq!(
-            check(Some(&cred), &none, None, PATH_COOKIE),
+            check(&cookie_header("__Secure-vod_tknx=0123456789abcdef")),
             Presented::Nothing
         );
     }
