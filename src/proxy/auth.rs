@@ -228,23 +228,14 @@ mod tests {
 
     #[test]
     fn our_cookie_is_stripped() {
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; vod_tkn=secret; b=2"),
-        );
+        let mut h = cookie_header("a=1; vod_tkn=secret; b=2");
         h.append(header::COOKIE, HeaderValue::from_static("vod_tkn=x"));
         strip_cookie(&mut h);
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
-        let mut prefixed = HeaderMap::new();
-        prefixed.insert(
-            header::COOKIE,
-            HeaderValue::from_static("__Host-vod_tkn=s; __Secure-vod_tkn=t; c=3"),
-        );
+        let mut prefixed = cookie_header("__Host-vod_tkn=s; __Secure-vod_tkn=t; c=3");
         strip_cookie(&mut prefixed);
         assert_eq!(prefixed.get(header::COOKIE).unwrap(), "c=3");
-        let mut only = HeaderMap::new();
-        only.insert(header::COOKIE, HeaderValue::from_static("vod_tkn=secret"));
+        let mut only = cookie_header("vod_tkn=secret");
         strip_cookie(&mut only);
         assert!(only.get(header::COOKIE).is_none());
     }
