@@ -25,8 +25,9 @@
 //! - [`registry`]: the instance table, live status, activity and the current access token.
 //! - [`orchestrator`]: the backend trait, the local backend (child processes, each in a
 //!   bubblewrap sandbox serving on a Unix socket) and the Kubernetes backend.
-//! - [`upstream`]: reaching instances: connections by address, driven by the task whose
-//!   request they carry, and the keep-alive pool.
+//! - [`upstream`]: reaching instances: HTTP/1.1 connections by address (a small client of
+//!   our own on httparse for proxied requests, driven by the task whose request they carry;
+//!   hyper's for probes and WebSocket handshakes), and the keep-alive pool.
 //! - [`instance`]: domain types validated at the edge, and the state and its transitions.
 //! - [`metrics`]: what the server counts, with handles resolved once for the data path, and
 //!   the cold start phases, which a start's progress reports in one place (the lifecycle's).

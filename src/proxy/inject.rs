@@ -6,7 +6,7 @@
 //! end) and a new `Content-Length`.
 
 use crate::http::{Body, BoxError};
-use crate::upstream::DrivenBody;
+use crate::upstream::{DrivenBody, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use http::{header, response, HeaderValue, StatusCode};
@@ -71,7 +71,7 @@ pub async fn page(
     parts: &mut response::Parts,
     mut body: DrivenBody,
     tag: &str,
-) -> Result<Body, hyper::Error> {
+) -> Result<Body, UpstreamError> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         // Trailers, if any, are dropped: a document has none worth keeping.

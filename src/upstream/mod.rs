@@ -3,17 +3,21 @@
 //! backend's readiness probes connect the same way.
 
 mod driven;
+mod framing;
+mod h1;
 mod pool;
 
 use crate::instance::UpstreamAddr;
 pub use driven::DrivenBody;
-use driven::{Driven, Stream};
+use h1::Stream;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use pool::{Home, Pool};
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio_util::either::Either;
 
@@ -32,12 +36,13 @@ const REUSE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Keep-alive HTTP/1.1 connections to instances, by address (TCP or Unix socket).
 ///
-/// A connection is handed out only while idle (its previous response read to the end), so a
+/// A connection is handed out only while idle (its previous exchange complete both ways), so a
 /// long response never holds up another request; while all are busy, another is opened. A
 /// connection the instance closed, or one idle for as long as the instance keeps connections
-/// open (see [`DEFAULT_REUSE`]), is dropped when next looked at. Requests are driven by the
-/// task that sends them ([`driven`]). hyper-util's pooled client does the same with more work
-/// per request (hashing its pool key, a checkout racing a connect, a task per connection).
+/// open (see [`DEFAULT_REUSE`]), is dropped when next looked at. Requests are written and
+/// responses read by the task that sends them ([`h1`], [`driven`]). hyper-util's pooled client
+/// does the same with more work per request (hashing its pool key, a checkout racing a
+/// connect, a task per connection).
 ///
 /// A connection must be made within the connect timeout and a response head must come
 /// within the response timeout, so a hung instance does not hold its clients forever.
@@ -57,6 +62,16 @@ pub enum UpstreamError {
     ResponseTimeout(Duration),
     #[error("the instance closed the connection without answering")]
     Closed,
+    #[error("the instance closed the connection before the end of its response")]
+    Truncated,
+    #[error("the connection to the instance failed: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("the instance's response is not valid HTTP/1.1: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Framing(#[from] framing::FramingError),
+    #[error("the request body could not be forwarded: {0}")]
+    RequestBody(String),
     #[error("{}", with_cause(.0))]
     Http(#[from] hyper::Error),
 }
@@ -111,28 +126,27 @@ impl UpstreamClient {
             match self.pool.take(addr) {
                 // One the instance closed meanwhile is dropped here; the next is tried.
                 Some(mut conn) => {
-                    if conn.ready().await {
+                    if poll_fn(|cx| Poll::Ready(conn.is_idle(cx))).await {
                         break conn;
                     }
                 }
                 // Boxed: connecting is rare beside reusing, and its future is large.
-                None => break Box::pin(connect_driven(addr, self.connect_timeout)).await?,
+                None => {
+                    let io = Box::pin(open(addr, self.connect_timeout)).await?;
+                    break Box::new(h1::Conn::new(io));
+                }
             }
         };
-        let uploaded = !http_body::Body::is_end_stream(req.body());
-        let resp = conn.exchange(req).await?;
-        let window = reuse_window(resp.headers());
+        conn.start(req);
+        let head = poll_fn(|cx| conn.poll_head(cx)).await?;
+        let window = reuse_window(head.headers());
         let home = Home {
             pool: self.pool.clone(),
             addr: addr.clone(),
             reuse_until: (!window.is_zero()).then(|| Instant::now() + window),
-            uploaded,
         };
-        let (parts, body) = resp.into_parts();
-        Ok(Response::from_parts(
-            parts,
-            DrivenBody::new(body, conn, home),
-        ))
+        let (parts, ()) = head.into_parts();
+        Ok(Response::from_parts(parts, DrivenBody::new(conn, home)))
     }
 
     /// Sends a WebSocket handshake to the instance at `addr` on a connection of its own, which
@@ -202,13 +216,6 @@ where
         }
     });
     Ok(send)
-}
-
-/// A new connection driven by the task that uses it (proxied requests).
-async fn connect_driven(addr: &UpstreamAddr, timeout: Duration) -> Result<Driven, UpstreamError> {
-    let io = open(addr, timeout).await?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    Ok(Driven::new(send, conn))
 }
 
 /// The instance's socket, connected within `timeout`.

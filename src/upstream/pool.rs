@@ -1,7 +1,7 @@
 //! Idle keep-alive connections to instances, by address, each with the instant after which it
 //! is not handed out again (see [`super::reuse_window`]).
 
-use super::driven::Driven;
+use super::h1::Conn;
 use crate::instance::UpstreamAddr;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 struct Pooled {
-    conn: Driven,
+    conn: Box<Conn>,
     reuse_until: Instant,
 }
 
@@ -31,7 +31,7 @@ impl Pool {
     }
 
     /// The most recently returned connection to `addr` that may still be reused.
-    pub fn take(&self, addr: &UpstreamAddr) -> Option<Driven> {
+    pub fn take(&self, addr: &UpstreamAddr) -> Option<Box<Conn>> {
         let mut idle = self.idle();
         let conns = idle.get_mut(addr)?;
         let now = Instant::now();
@@ -48,7 +48,7 @@ impl Pool {
         found
     }
 
-    fn put(&self, addr: &UpstreamAddr, conn: Driven, reuse_until: Instant) {
+    fn put(&self, addr: &UpstreamAddr, conn: Box<Conn>, reuse_until: Instant) {
         let mut idle = self.idle();
         let pooled = Pooled { conn, reuse_until };
         // Looked up by reference: only a new entry pays for a key of its own.
@@ -75,18 +75,13 @@ pub struct Home {
     pub pool: Arc<Pool>,
     pub addr: UpstreamAddr,
     pub reuse_until: Option<Instant>,
-    /// The request had a body, which may still be being sent when the response ends.
-    pub uploaded: bool,
 }
 
 impl Home {
-    pub fn put(self, conn: Driven) {
-        match self.reuse_until {
-            // Past its deadline it is dropped when next looked at.
-            Some(until) if !conn.is_closed() => {
-                self.pool.put(&self.addr, conn, until);
-            }
-            _ => {}
+    /// Keeps an idle connection for reuse; past its deadline it is dropped when next looked at.
+    pub fn put(self, conn: Box<Conn>) {
+        if let Some(until) = self.reuse_until {
+            self.pool.put(&self.addr, conn, until);
         }
     }
 }
