@@ -12,10 +12,11 @@ use crate::instance::{Upstream, UpstreamAddr};
 use crate::metrics::Metrics;
 use crate::registry::{ActivityGuard, Instance};
 use crate::shared::Shared;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Outgoing, UpstreamError};
 use activity::Source;
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use headers::Replace;
+use http::{header, request, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -24,53 +25,73 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// The host the client addressed, as a header value for the instance.
-fn host_value(req: &Request<Incoming>) -> Option<HeaderValue> {
-    req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
+fn host_value(parts: &request::Parts) -> Option<HeaderValue> {
+    parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     })
 }
 
-/// Builds the request the instance sees, in origin form (the connection names the instance).
-fn upstream_request(
+/// The path the instance sees, in pieces: `rest` alone when the instance serves at its root,
+/// else under `/instances/<id>` as the client asked.
+fn upstream_path<'a>(upstream: &Upstream, id: &'a str, rest: &'a str) -> [&'a str; 3] {
+    if upstream.strip_prefix {
+        [rest, "", ""]
+    } else {
+        ["/instances/", id, rest]
+    }
+}
+
+/// Rewrites the client's request head for the instance: hop-by-hop headers and our cookie
+/// out, the instance's secret in. Returns what replaces the client's own headers of those
+/// names: `X-Forwarded-*`, and `Host` as the browser used it, so the instance's own origin
+/// checks agree with ours (a request without one, HTTP/1.0, names the instance's address, as
+/// a client of it would).
+fn rewrite(
     upstream: &Upstream,
-    id: &str,
-    rest: &str,
-    req: Request<Incoming>,
+    parts: &mut request::Parts,
     client: &ClientAddr,
     upgrade: bool,
-) -> Result<Request<Incoming>, Response<Body>> {
-    let host = host_value(&req);
-    let (mut parts, body) = req.into_parts();
-    let path = if upstream.strip_prefix {
-        rest.to_owned()
-    } else {
-        format!("/instances/{id}{rest}")
-    };
-    let pq = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    parts.uri = Uri::builder().path_and_query(pq).build().map_err(|_| {
-        Failure::bad_request("bad_path", "the request path is not valid").response()
-    })?;
+) -> [Replace; 4] {
+    let host = host_value(parts);
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     auth::strip_cookie(&mut parts.headers);
     if let Some(secret) = &upstream.secret {
         secret::add(&mut parts.headers, secret);
     }
-    headers::set_forwarded(&mut parts.headers, client, host.as_ref());
-    // The instance sees the host the browser used, so its own origin checks agree with ours;
-    // a request without one (HTTP/1.0) names the instance's address, as a client of it would.
+    let [xff, proto, xfh] = headers::forwarded(client, host.as_ref());
     let host = host.unwrap_or_else(|| match &upstream.addr {
         UpstreamAddr::Tcp(a) => {
             HeaderValue::try_from(a.to_string()).unwrap_or(HeaderValue::from_static("localhost"))
         }
         UpstreamAddr::Unix(_) => HeaderValue::from_static("localhost"),
     });
-    parts.headers.insert(header::HOST, host);
+    [xff, proto, xfh, (header::HOST, Some(host))]
+}
+
+/// The WebSocket handshake the instance sees, as a request for hyper's client: the rewritten
+/// head with its replacements applied and the URI in origin form.
+fn upgrade_request(
+    upstream: &Upstream,
+    id: &str,
+    rest: &str,
+    req: Request<Incoming>,
+    client: &ClientAddr,
+) -> Result<Request<Incoming>, Response<Body>> {
+    let (mut parts, body) = req.into_parts();
+    let set = rewrite(upstream, &mut parts, client, true);
+    headers::replace(&mut parts.headers, set);
+    let mut pq = upstream_path(upstream, id, rest).concat();
+    if let Some(q) = parts.uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    parts.uri = Uri::builder().path_and_query(pq).build().map_err(|_| {
+        Failure::bad_request("bad_path", "the request path is not valid").response()
+    })?;
     Ok(Request::from_parts(parts, body))
 }
 
@@ -113,18 +134,21 @@ pub async fn forward(
     // does not.
     let guard = source.is_activity().then(|| inst.activity());
     let script_tag = (source == Source::Navigation).then(|| activity::script_tag(inst.id.as_str()));
-    let mut req = match upstream_request(&upstream, inst.id.as_str(), rest, req, client, false) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+    let (mut parts, body) = req.into_parts();
+    let set = rewrite(&upstream, &mut parts, client, false);
     if script_tag.is_some() {
         // A page that comes back uncompressed can get the activity script.
-        req.headers_mut().remove(header::ACCEPT_ENCODING);
+        parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    if let Some(n) = http_body::Body::size_hint(req.body()).exact() {
+    if let Some(n) = http_body::Body::size_hint(&body).exact() {
         sh.metrics.bytes_to_instance(n);
     }
-    let resp = match sh.upstream.request(&upstream.addr, req).await {
+    let outgoing = Outgoing {
+        path: upstream_path(&upstream, inst.id.as_str(), rest),
+        set: &set,
+    };
+    let req = Request::from_parts(parts, body);
+    let resp = match sh.upstream.request(&upstream.addr, req, outgoing).await {
         Ok(resp) => resp,
         Err(e) => return upstream_failed(inst.id.as_str(), e, source == Source::Navigation),
     };
@@ -192,7 +216,7 @@ pub async fn forward_upgrade(
 ) -> Response<Body> {
     let Authorized { inst, credential } = authorized;
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let req = match upstream_request(&upstream, inst.id.as_str(), rest, req, client, true) {
+    let req = match upgrade_request(&upstream, inst.id.as_str(), rest, req, client) {
         Ok(r) => r,
         Err(r) => return r,
     };

@@ -95,26 +95,38 @@ pub fn write_u16(buf: &mut [u8], v: u16) -> usize {
     len
 }
 
-/// Sets `X-Forwarded-For/Proto/Host`, replacing what the client sent. `X-Forwarded-For` is the
-/// client's address, or, for a request a trusted proxy relayed, the part of its chain this
-/// server vouches for (the client, trusted hops, the proxy; see [`ClientAddr`]): never what
-/// the client wrote itself.
-pub fn set_forwarded(h: &mut HeaderMap, client: &ClientAddr, host: Option<&HeaderValue>) {
+/// The `X-Forwarded-For/Proto/Host` the instance sees, replacing what the client sent (`None`:
+/// removed). `X-Forwarded-For` is the client's address, or, for a request a trusted proxy
+/// relayed, the part of its chain this server vouches for (the client, trusted hops, the
+/// proxy; see [`ClientAddr`]): never what the client wrote itself.
+pub fn forwarded(client: &ClientAddr, host: Option<&HeaderValue>) -> [Replace; 3] {
     let chain = match client.chain() {
         Some(chain) => chain.clone(),
         None => ip_value(client.ip),
     };
-    h.insert(HeaderName::from_static("x-forwarded-for"), chain);
-    h.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("https"),
-    );
-    match host {
-        Some(v) => {
-            h.insert(HeaderName::from_static("x-forwarded-host"), v.clone());
-        }
-        None => {
-            h.remove("x-forwarded-host");
+    [
+        (HeaderName::from_static("x-forwarded-for"), Some(chain)),
+        (
+            HeaderName::from_static("x-forwarded-proto"),
+            Some(HeaderValue::from_static("https")),
+        ),
+        (HeaderName::from_static("x-forwarded-host"), host.cloned()),
+    ]
+}
+
+/// A header the proxy sets (or, with `None`, removes) on the request the instance sees.
+pub type Replace = (HeaderName, Option<HeaderValue>);
+
+/// Applies `set` to `h`, for a request that goes on as a header map (a WebSocket handshake).
+pub fn replace(h: &mut HeaderMap, set: impl IntoIterator<Item = Replace>) {
+    for (name, value) in set {
+        match value {
+            Some(v) => {
+                h.insert(name, v);
+            }
+            None => {
+                h.remove(name);
+            }
         }
     }
 }

@@ -8,7 +8,7 @@
 //! which on a small request cost more than the exchange itself.
 
 use super::framing::{Decoded, Framing};
-use super::UpstreamError;
+use super::{Outgoing, UpstreamError};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http::{StatusCode, Version};
@@ -79,26 +79,37 @@ impl Conn {
 
     /// Starts an exchange: the request's head is queued to be written and its body follows as
     /// it comes. The request's own framing headers are replaced by ones that match its body.
-    pub fn start(&mut self, req: Request<Incoming>) {
+    pub fn start(&mut self, req: Request<Incoming>, out: &Outgoing<'_>) {
         let (parts, body) = req.into_parts();
         let w = &mut self.write;
         w.reserve(512);
         w.put_slice(parts.method.as_str().as_bytes());
         w.put_u8(b' ');
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        w.put_slice(target.as_bytes());
+        // The pieces come from the client's URI (checked by http's parser and our router), so
+        // they hold no space, CR or LF; nor does a `HeaderValue`. No line can end early.
+        for piece in out.path {
+            w.put_slice(piece.as_bytes());
+        }
+        if let Some(q) = parts.uri.query() {
+            w.put_u8(b'?');
+            w.put_slice(q.as_bytes());
+        }
         w.put_slice(b" HTTP/1.1\r\n");
         let mut had_length = false;
         for (name, value) in &parts.headers {
-            // A `HeaderValue` holds no CR or LF, so a value cannot end its line early.
             if name == header::CONTENT_LENGTH {
                 had_length = true;
                 continue;
             }
-            w.put_slice(name.as_str().as_bytes());
-            w.put_slice(b": ");
-            w.put_slice(value.as_bytes());
-            w.put_slice(b"\r\n");
+            if out.set.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            put_header(w, name, value);
+        }
+        for (name, value) in out.set {
+            if let Some(value) = value {
+                put_header(w, name, value);
+            }
         }
         self.upload = if body.is_end_stream() {
             if had_length || carries_body(&parts.method) {
@@ -344,6 +355,7 @@ impl Conn {
             }
             let head = self.read.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(n);
+            let mut framed = Framed::default();
             for &(name, name_len, value, value_len) in &spans[..n] {
                 let (name, value) = (name as usize, value as usize);
                 let name = HeaderName::from_bytes(&head[name..name + name_len as usize])
@@ -351,9 +363,10 @@ impl Conn {
                 let value =
                     HeaderValue::from_maybe_shared(head.slice(value..value + value_len as usize))
                         .map_err(|_| UpstreamError::Protocol("a bad header value".into()))?;
+                framed.note(&name);
                 headers.append(name, value);
             }
-            let framing = self.framing(status, http10, &mut headers)?;
+            let framing = self.framing(status, http10, &mut headers, framed)?;
             self.reading = Reading::Body(framing);
             let mut resp = Response::new(());
             *resp.status_mut() = status;
@@ -369,9 +382,13 @@ impl Conn {
         status: StatusCode,
         http10: bool,
         headers: &mut HeaderMap,
+        framed: Framed,
     ) -> Result<Framing, UpstreamError> {
         let mut keep_alive = !http10;
-        for v in headers.get_all(header::CONNECTION) {
+        let connection = framed
+            .connection
+            .then(|| headers.get_all(header::CONNECTION));
+        for v in connection.into_iter().flatten() {
             for token in v.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -388,11 +405,13 @@ impl Conn {
         {
             return Ok(Framing::Length(0));
         }
-        let coding = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back();
-        if let Some(te) = coding {
+        let coding = framed.coding.then(|| {
+            headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .next_back()
+        });
+        if let Some(te) = coding.flatten() {
             let chunked = te
                 .as_bytes()
                 .rsplit(|&b| b == b',')
@@ -432,6 +451,24 @@ impl Conn {
     }
 }
 
+/// Which of the headers that frame a response it has, noted while they are parsed, so that
+/// the absent ones are not looked up.
+#[derive(Default, Clone, Copy)]
+struct Framed {
+    connection: bool,
+    coding: bool,
+}
+
+impl Framed {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::CONNECTION {
+            self.connection = true;
+        } else if name == header::TRANSFER_ENCODING {
+            self.coding = true;
+        }
+    }
+}
+
 /// Reads into `buf`, with room for the next read that grows while reads fill it.
 fn fill(
     io: &mut Stream,
@@ -448,6 +485,13 @@ fn fill(
         *size = (*size * 2).min(MAX_READ);
     }
     Poll::Ready(Ok(n))
+}
+
+fn put_header(w: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    w.put_slice(name.as_str().as_bytes());
+    w.put_slice(b": ");
+    w.put_slice(value.as_bytes());
+    w.put_slice(b"\r\n");
 }
 
 /// Methods whose request is expected to carry a body, so an empty one is announced as such.

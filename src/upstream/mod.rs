@@ -10,7 +10,7 @@ mod pool;
 use crate::instance::UpstreamAddr;
 pub use driven::DrivenBody;
 use h1::Stream;
-use http::{Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -50,6 +50,14 @@ pub struct UpstreamClient {
     pool: Arc<Pool>,
     connect_timeout: Duration,
     response_timeout: Duration,
+}
+
+/// What a proxied request becomes on its way to the instance, written as its head is: the
+/// path in pieces (the query follows from the request's URI), and headers that replace any of
+/// the request's own of the same name (`None`: removed).
+pub struct Outgoing<'a> {
+    pub path: [&'a str; 3],
+    pub set: &'a [(HeaderName, Option<HeaderValue>)],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,15 +112,16 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends a request (its URI in origin form, its `Host` set) to the instance at `addr` and
-    /// returns the response head, within the response timeout. The body drives the connection
-    /// as it is read, and returns it to the pool at its end.
+    /// Sends a request to the instance at `addr`, as `outgoing` says (its path, the headers
+    /// set on it), and returns the response head, within the response timeout. The body
+    /// drives the connection as it is read, and returns it to the pool at its end.
     pub async fn request(
         &self,
         addr: &UpstreamAddr,
         req: Request<Incoming>,
+        outgoing: Outgoing<'_>,
     ) -> Result<Response<DrivenBody>, UpstreamError> {
-        tokio::time::timeout(self.response_timeout, self.exchange(addr, req))
+        tokio::time::timeout(self.response_timeout, self.exchange(addr, req, outgoing))
             .await
             .map_err(|_| UpstreamError::ResponseTimeout(self.response_timeout))?
     }
@@ -121,6 +130,7 @@ impl UpstreamClient {
         &self,
         addr: &UpstreamAddr,
         req: Request<Incoming>,
+        outgoing: Outgoing<'_>,
     ) -> Result<Response<DrivenBody>, UpstreamError> {
         let mut conn = loop {
             match self.pool.take(addr) {
@@ -137,7 +147,7 @@ impl UpstreamClient {
                 }
             }
         };
-        conn.start(req);
+        conn.start(req, &outgoing);
         let head = poll_fn(|cx| conn.poll_head(cx)).await?;
         let window = reuse_window(head.headers());
         let home = Home {
