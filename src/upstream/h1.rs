@@ -14,11 +14,13 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response
 use http::{StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio::net::{TcpStream, UnixStream};
+use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 
 /// An instance's socket, TCP or Unix.
@@ -44,6 +46,9 @@ pub struct Conn {
     /// The exchange so far allows another on this connection.
     reusable: bool,
     head_request: bool,
+    /// The response-head deadline, kept across exchanges: resetting a registered timer costs
+    /// less than registering, and later dropping, one per request.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 /// The request body's way to the instance.
@@ -74,6 +79,7 @@ impl Conn {
             reading: Reading::Idle,
             reusable: true,
             head_request: false,
+            deadline: None,
         }
     }
 
@@ -131,6 +137,30 @@ impl Conn {
         w.put_slice(b"\r\n");
         self.head_request = parts.method == Method::HEAD;
         self.reading = Reading::Head;
+    }
+
+    /// Sets when the response head of the exchange about to start must have come by.
+    pub fn set_deadline(&mut self, at: Instant) {
+        match &mut self.deadline {
+            Some(d) => d.as_mut().reset(at),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// [`Self::poll_head`] until the deadline set last: `None` once it has passed.
+    pub fn poll_head_in_time(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Response<()>, UpstreamError>>> {
+        if let Poll::Ready(r) = self.poll_head(cx) {
+            return Poll::Ready(Some(r));
+        }
+        let passed = (self.deadline.as_mut()).is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        if passed {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Sends what it can of the request, and reads until the response head has come.
@@ -354,7 +384,9 @@ impl Conn {
                 );
             }
             let head = self.read.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(n);
+            // Room for what the proxy adds (HSTS, the request id, a cookie): a full map would
+            // grow, rehashing every entry, on the first of them.
+            let mut headers = HeaderMap::with_capacity(n + 3);
             let mut framed = Framed::default();
             for &(name, name_len, value, value_len) in &spans[..n] {
                 let (name, value) = (name as usize, value as usize);

@@ -18,7 +18,7 @@ use pool::{Home, Pool};
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::either::Either;
 
 /// The readiness probes' connect timeout; the proxy's is configured.
@@ -31,7 +31,7 @@ const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_REUSE: Duration = Duration::from_secs(4);
 
 /// Kept off an instance's own keep-alive timeout: its timer starts when a response ends, this
-/// one at the response head, plus a margin for a write that is scheduled late.
+/// one when the request was sent, plus a margin for a write that is scheduled late.
 const REUSE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Keep-alive HTTP/1.1 connections to instances, by address (TCP or Unix socket).
@@ -121,17 +121,7 @@ impl UpstreamClient {
         req: Request<Incoming>,
         outgoing: Outgoing<'_>,
     ) -> Result<Response<DrivenBody>, UpstreamError> {
-        tokio::time::timeout(self.response_timeout, self.exchange(addr, req, outgoing))
-            .await
-            .map_err(|_| UpstreamError::ResponseTimeout(self.response_timeout))?
-    }
-
-    async fn exchange(
-        &self,
-        addr: &UpstreamAddr,
-        req: Request<Incoming>,
-        outgoing: Outgoing<'_>,
-    ) -> Result<Response<DrivenBody>, UpstreamError> {
+        let started = tokio::time::Instant::now();
         let mut conn = loop {
             match self.pool.take(addr) {
                 // One the instance closed meanwhile is dropped here; the next is tried.
@@ -147,13 +137,17 @@ impl UpstreamClient {
                 }
             }
         };
+        // The connection's own timer: no timer per request (connecting has a timeout of its own).
+        conn.set_deadline(started + self.response_timeout);
         conn.start(req, &outgoing);
-        let head = poll_fn(|cx| conn.poll_head(cx)).await?;
+        let head = poll_fn(|cx| conn.poll_head_in_time(cx))
+            .await
+            .ok_or(UpstreamError::ResponseTimeout(self.response_timeout))??;
         let window = reuse_window(head.headers());
         let home = Home {
             pool: self.pool.clone(),
             addr: addr.clone(),
-            reuse_until: (!window.is_zero()).then(|| Instant::now() + window),
+            reuse_until: (!window.is_zero()).then(|| started.into_std() + window),
         };
         let (parts, ()) = head.into_parts();
         Ok(Response::from_parts(parts, DrivenBody::new(conn, home)))
