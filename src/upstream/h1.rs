@@ -8,14 +8,13 @@
 //! which on a small request cost more than the exchange itself.
 
 use super::framing::{Decoded, Framing};
+use super::head;
 use super::{Outgoing, UpstreamError};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
-use http::{StatusCode, Version};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use std::future::Future;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::AsyncWrite;
@@ -26,10 +25,6 @@ use tokio_util::either::Either;
 /// An instance's socket, TCP or Unix.
 pub type Stream = Either<TcpStream, UnixStream>;
 
-/// The largest response head accepted, status line and headers.
-const MAX_HEAD: usize = 64 * 1024;
-/// The most headers a response may have.
-const MAX_HEADERS: usize = 100;
 /// Room for the first read; doubled while reads fill it, up to [`MAX_READ`].
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
@@ -337,167 +332,14 @@ impl Conn {
         UpstreamError::RequestBody(why.to_owned())
     }
 
-    /// The final response head, once the buffer holds it; interim responses (100 Continue,
-    /// 103 Early Hints) are passed over.
+    /// The final response head, once the buffer holds it (see [`head::parse`]).
     fn parse_head(&mut self) -> Result<Option<Response<()>>, UpstreamError> {
-        loop {
-            if self.read.is_empty() {
-                return Ok(None);
-            }
-            let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-            let mut r = httparse::Response::new(&mut []);
-            let len = match httparse::ParserConfig::default()
-                .parse_response_with_uninit_headers(&mut r, &self.read, &mut slots)
-            {
-                Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
-                Ok(httparse::Status::Partial) if self.read.len() < MAX_HEAD => return Ok(None),
-                Ok(_) => return Err(UpstreamError::Protocol("response head too large".into())),
-                Err(e) => {
-                    return Err(UpstreamError::Protocol(format!(
-                        "malformed response head: {e}"
-                    )))
-                }
-            };
-            let code = r.code.unwrap_or(0);
-            if (100..200).contains(&code) {
-                if code == 101 {
-                    return Err(UpstreamError::Protocol("switched protocols unasked".into()));
-                }
-                self.read.advance(len);
-                continue;
-            }
-            let status = StatusCode::from_u16(code)
-                .map_err(|_| UpstreamError::Protocol(format!("status {code}")))?;
-            let http10 = r.version == Some(0);
-            // Where each name and value lies in the buffer, so that the values can be slices
-            // of the head once it is split off (all of them lie within MAX_HEAD).
-            let base = self.read.as_ptr() as usize;
-            let n = r.headers.len();
-            for (span, h) in spans.iter_mut().zip(r.headers.iter()) {
-                let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-                *span = (
-                    at(h.name.as_bytes()),
-                    h.name.len() as u32,
-                    at(h.value),
-                    h.value.len() as u32,
-                );
-            }
-            let head = self.read.split_to(len).freeze();
-            // Room for what the proxy adds (HSTS, the request id, a cookie): a full map would
-            // grow, rehashing every entry, on the first of them.
-            let mut headers = HeaderMap::with_capacity(n + 3);
-            let mut framed = Framed::default();
-            for &(name, name_len, value, value_len) in &spans[..n] {
-                let (name, value) = (name as usize, value as usize);
-                let name = HeaderName::from_bytes(&head[name..name + name_len as usize])
-                    .map_err(|_| UpstreamError::Protocol("a bad header name".into()))?;
-                let value =
-                    HeaderValue::from_maybe_shared(head.slice(value..value + value_len as usize))
-                        .map_err(|_| UpstreamError::Protocol("a bad header value".into()))?;
-                framed.note(&name);
-                headers.append(name, value);
-            }
-            let framing = self.framing(status, http10, &mut headers, framed)?;
-            self.reading = Reading::Body(framing);
-            let mut resp = Response::new(());
-            *resp.status_mut() = status;
-            *resp.version_mut() = Version::HTTP_11;
-            *resp.headers_mut() = headers;
-            return Ok(Some(resp));
-        }
-    }
-
-    /// How the response's body ends (RFC 9112, 6.3), and whether the connection outlives it.
-    fn framing(
-        &mut self,
-        status: StatusCode,
-        http10: bool,
-        headers: &mut HeaderMap,
-        framed: Framed,
-    ) -> Result<Framing, UpstreamError> {
-        let mut keep_alive = !http10;
-        let connection = framed
-            .connection
-            .then(|| headers.get_all(header::CONNECTION));
-        for v in connection.into_iter().flatten() {
-            for token in v.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
-                    keep_alive = true;
-                }
-            }
-        }
-        self.reusable &= keep_alive;
-        if self.head_request
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            return Ok(Framing::Length(0));
-        }
-        let coding = framed.coding.then(|| {
-            headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .next_back()
-        });
-        if let Some(te) = coding.flatten() {
-            let chunked = te
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            // A length beside a coding is not the body's: the decoded body is what goes on.
-            if headers.remove(header::CONTENT_LENGTH).is_some() {
-                self.reusable = false;
-            }
-            if chunked {
-                return Ok(Framing::chunked());
-            }
-            self.reusable = false;
-            return Ok(Framing::UntilClose);
-        }
-        let mut length = None;
-        for v in headers.get_all(header::CONTENT_LENGTH) {
-            for n in v.as_bytes().split(|&b| b == b',') {
-                let n = std::str::from_utf8(n.trim_ascii())
-                    .ok()
-                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|n| n.parse::<u64>().ok());
-                match (n, length) {
-                    (Some(n), None) => length = Some(n),
-                    (Some(n), Some(l)) if n == l => {}
-                    _ => return Err(UpstreamError::Protocol("a bad content-length".into())),
-                }
-            }
-        }
-        Ok(match length {
-            Some(n) => Framing::Length(n),
-            None => {
-                self.reusable = false;
-                Framing::UntilClose
-            }
-        })
-    }
-}
-
-/// Which of the headers that frame a response it has, noted while they are parsed, so that
-/// the absent ones are not looked up.
-#[derive(Default, Clone, Copy)]
-struct Framed {
-    connection: bool,
-    coding: bool,
-}
-
-impl Framed {
-    fn note(&mut self, name: &HeaderName) {
-        if name == header::CONNECTION {
-            self.connection = true;
-        } else if name == header::TRANSFER_ENCODING {
-            self.coding = true;
-        }
+        let Some(head) = head::parse(&mut self.read, self.head_request)? else {
+            return Ok(None);
+        };
+        self.reusable &= head.keep_alive;
+        self.reading = Reading::Body(head.framing);
+        Ok(Some(head.response))
     }
 }
 

@@ -5,6 +5,7 @@
 mod driven;
 mod framing;
 mod h1;
+mod head;
 mod pool;
 
 use crate::instance::UpstreamAddr;
