@@ -28,8 +28,8 @@ pub fn cookie_name(host_routing: bool) -> &'static str {
 }
 
 /// Our cookie under any prefix, and the unprefixed name used before prefixes.
-fn is_ours(name: impl AsRef<[u8]>) -> bool {
-    name.as_ref().ends_with(b"vod_tkn")
+fn is_ours(name: &str) -> bool {
+    name.ends_with("vod_tkn")
 }
 
 /// What a request presents.
@@ -86,10 +86,11 @@ pub fn check(
     let mut cookie_seen = false;
     let mut cookie_ok = false;
     for value in headers.get_all(header::COOKIE) {
-        for (name, value, _) in pairs(value.as_bytes()) {
-            if name == cookie.as_bytes() {
+        let Ok(s) = value.to_str() else { continue };
+        for (name, value, _) in pairs(s) {
+            if name == cookie {
                 cookie_seen = true;
-                cookie_ok |= matches(value);
+                cookie_ok |= matches(value.as_bytes());
             }
         }
     }
@@ -125,39 +126,33 @@ pub fn set_cookie(id: &str, token: &AccessToken, host_routing: bool) -> HeaderVa
 /// read cookies through this, so what one takes for our cookie the other removes. (A request
 /// header is only pairs; `cookie::Cookie::split_parse` builds a full cookie per pair, which
 /// cost more than the rest of the check on every proxied request.)
-///
-/// Read as bytes: a header value is already known to hold no control characters, and checking
-/// that it is also ASCII (`to_str`) cost a pass over every token.
-fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
+fn pairs(header: &str) -> impl Iterator<Item = (&str, &str, &str)> {
     header
-        .split(|&b| b == b';')
-        .map(<[u8]>::trim_ascii)
+        .split(';')
+        .map(str::trim)
         .filter(|kv| !kv.is_empty())
-        .map(|kv| match kv.iter().position(|&b| b == b'=') {
-            Some(eq) => (
-                kv[..eq].trim_ascii_end(),
-                kv[eq + 1..].trim_ascii_start(),
-                kv,
-            ),
-            None => (kv, &b""[..], kv),
+        .map(|kv| {
+            let (name, value) = kv.split_once('=').unwrap_or((kv, ""));
+            (name.trim_end(), value.trim_start(), kv)
         })
 }
 
 /// Removes our cookie from the `Cookie` headers, so the instance never sees the token.
 pub fn strip_cookie(headers: &mut HeaderMap) {
     // One pass, and no allocation when ours was the only cookie (as on most proxied requests).
-    let mut kept = Vec::new();
+    let mut kept = String::new();
     let mut any = false;
     for value in headers.get_all(header::COOKIE) {
         any = true;
-        for (name, _, kv) in pairs(value.as_bytes()) {
+        let Ok(s) = value.to_str() else { continue };
+        for (name, _, kv) in pairs(s) {
             if is_ours(name) {
                 continue;
             }
             if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
+                kept.push_str("; ");
             }
-            kept.extend_from_slice(kv);
+            kept.push_str(kv);
         }
     }
     if !any {
@@ -165,7 +160,7 @@ pub fn strip_cookie(headers: &mut HeaderMap) {
     }
     headers.remove(header::COOKIE);
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_bytes(&kept) {
+        if let Ok(v) = HeaderValue::from_str(&kept) {
             headers.insert(header::COOKIE, v);
         }
     }
