@@ -35,7 +35,7 @@ use crate::http::proxy_header;
 
 /// A year; not `includeSubDomains`, which would bind hosts under the public name that this
 /// server does not serve.
-const HSTS: &str = "max-age=31536000";
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 /// The TLS handshake, and a PROXY protocol header before it, must be done within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slow headers: a request head must arrive within this.
@@ -214,10 +214,7 @@ async fn serve_connection(
             line.log();
             let h = resp.headers_mut();
             // Browsers that came once over HTTPS never try plain HTTP for this host again.
-            h.insert(
-                header::STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_static(HSTS),
-            );
+            h.insert(header::STRICT_TRANSPORT_SECURITY, HSTS);
             h.insert(request_id::HEADER, id.header());
             Ok::<_, Infallible>(resp)
         }

@@ -37,7 +37,7 @@ impl RequestId {
 
     pub fn header(&self) -> HeaderValue {
         // Hex digits only: always a valid header value.
-        HeaderValue::from_bytes(&self.0).unwrap_or(HeaderValue::from_static("-"))
+        HeaderValue::from_bytes(&self.0).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 }
 

@@ -118,7 +118,7 @@ pub fn set_cookie(id: &str, token: &AccessToken, host_routing: bool) -> HeaderVa
         .same_site(SameSite::Lax)
         .build();
     // Cookie values are hex and paths are instance ids: always valid header bytes.
-    HeaderValue::from_str(&c.to_string()).unwrap_or(HeaderValue::from_static(""))
+    HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The `name=value` pairs of a `Cookie` header, each with its text as sent, names and values

@@ -64,9 +64,8 @@ fn rewrite(
     }
     let [xff, proto, xfh] = headers::forwarded(client, host.as_ref());
     let host = host.unwrap_or_else(|| match &upstream.addr {
-        UpstreamAddr::Tcp(a) => {
-            HeaderValue::try_from(a.to_string()).unwrap_or(HeaderValue::from_static("localhost"))
-        }
+        UpstreamAddr::Tcp(a) => HeaderValue::try_from(a.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
         UpstreamAddr::Unix(_) => HeaderValue::from_static("localhost"),
     });
     [xff, proto, xfh, (header::HOST, Some(host))]

@@ -56,11 +56,11 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
     match ip {
         IpAddr::V4(v4) => {
             let n = write_ipv4(&mut buf, v4.octets());
-            HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static("unknown"))
+            HeaderValue::from_bytes(&buf[..n])
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
         }
-        IpAddr::V6(_) => {
-            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
-        }
+        IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
     }
 }
 
@@ -105,14 +105,17 @@ pub fn forwarded(client: &ClientAddr, host: Option<&HeaderValue>) -> [Replace; 3
         None => ip_value(client.ip),
     };
     [
-        (HeaderName::from_static("x-forwarded-for"), Some(chain)),
-        (
-            HeaderName::from_static("x-forwarded-proto"),
-            Some(HeaderValue::from_static("https")),
-        ),
-        (HeaderName::from_static("x-forwarded-host"), host.cloned()),
+        (X_FORWARDED_FOR, Some(chain)),
+        (X_FORWARDED_PROTO, Some(HTTPS)),
+        (X_FORWARDED_HOST, host.cloned()),
     ]
 }
+
+// Constants, so that the names and value are checked once, when compiled, not per request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// A header the proxy sets (or, with `None`, removes) on the request the instance sees.
 pub type Replace = (HeaderName, Option<HeaderValue>);
