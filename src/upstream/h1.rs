@@ -1,7 +1,7 @@
 //! HTTP/1.1 to an instance, as the proxy's hop needs it: the request head written from the
 //! rewritten request and its body sent as it arrives (with its length, or chunked when the
-//! length is not known), the response head parsed by httparse into `http` types whose values
-//! are slices of the read buffer, and the response body read by its framing
+//! length is not known), the response head parsed ([`super::head`]) into `http` types whose
+//! values are slices of the read buffer, and the response body read by its framing
 //! ([`super::framing`]). One exchange at a time, driven by whoever polls it; the connection is
 //! reusable once both directions are complete and the instance keeps it open. hyper's client
 //! does the same through a dispatcher, a callback per request and a channel per response body,
