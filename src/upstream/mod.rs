@@ -1,6 +1,7 @@
-//! Reaching instances: a connection to an instance's address (TCP or Unix socket) with an
-//! HTTP/1.1 handshake, and the keep-alive pool the proxy sends requests through. The local
-//! backend's readiness probes connect the same way.
+//! Reaching instances over HTTP/1.1 at their address (TCP or Unix socket): proxied requests
+//! through our own client ([`h1`], with [`head`] and [`framing`]) and its keep-alive pool;
+//! readiness probes and WebSocket handshakes through hyper's client, on connections of their
+//! own.
 
 mod driven;
 mod framing;
