@@ -11,7 +11,8 @@ use serde_json::json;
 use vod_testkit::client::send_http1;
 use vod_testkit::*;
 
-/// An instance that answers from a table of raw responses by path. `/echo` answers with the
+/// `serve` for an instance ([`python_socket_instance`]) that answers from a table of raw
+/// responses by path. `/echo` answers with the
 /// connection's number and the request exactly as it arrived (head and decoded body); `/close`
 /// answers in HTTP/1.0 without a length and closes; any other path (the readiness probe's) is
 /// answered `ok`.
@@ -71,14 +72,6 @@ def serve(c, n):
         else:
             c.sendall(RESPONSES.get(path, b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'))
     c.close()
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', int(sys.argv[1])))
-s.listen(64)
-while True:
-    c, _ = s.accept()
-    count += 1
-    threading.Thread(target=serve, args=(c, count), daemon=True).start()
 "#;
 
 /// The request line, headers and body the instance received, and the connection's number.
@@ -98,7 +91,7 @@ async fn echo(s: &Server, c: &Created) -> Seen {
 #[tokio::test]
 async fn every_response_framing_reaches_the_client_and_the_connection_is_reused_as_it_says() {
     let dir = tempdir();
-    let s = python_instances(dir.path(), RAW, &[]);
+    let s = python_instances(dir.path(), &python_socket_instance(RAW), &[]);
     let c = s.create(json!({"user_id": "alice"})).await;
     let first = echo(&s, &c).await.connection;
     assert_eq!(
@@ -173,7 +166,7 @@ async fn every_response_framing_reaches_the_client_and_the_connection_is_reused_
 #[tokio::test]
 async fn request_bodies_are_framed_for_the_instance_by_what_the_client_sent() {
     let dir = tempdir();
-    let s = python_instances(dir.path(), RAW, &[]);
+    let s = python_instances(dir.path(), &python_socket_instance(RAW), &[]);
     let c = s.create(json!({"user_id": "alice"})).await;
     let path = format!("/instances/{}/echo", c.id);
 

@@ -12,22 +12,6 @@ use std::time::Duration;
 use vod_testkit::client::send_http1;
 use vod_testkit::*;
 
-/// An instance script: `serve(c, n)` from `serve`, called on a thread for each accepted
-/// connection `c`, the `n`th, on the port given as the first argument.
-fn instance(serve: &str) -> String {
-    format!(
-        "{serve}s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', int(sys.argv[1])))
-s.listen(64)
-while True:
-    c, _ = s.accept()
-    count += 1
-    threading.Thread(target=serve, args=(c, count), daemon=True).start()
-"
-    )
-}
-
 /// An instance that says `Keep-Alive: timeout=2` and closes, unanswered, a connection that
 /// receives a request after being idle longer than that: the crossing above, every time. Each
 /// answer names the connection it came on.
@@ -54,7 +38,7 @@ def serve(c, n):
 #[tokio::test]
 async fn a_connection_idle_past_the_instances_keep_alive_is_not_reused() {
     let dir = tempdir();
-    let s = python_instances(dir.path(), &instance(STRICT), &[]);
+    let s = python_instances(dir.path(), &python_socket_instance(STRICT), &[]);
     let c = s.create(json!({"user_id": "alice"})).await;
     let get = || {
         s.request(Method::GET, &format!("/instances/{}/", c.id))
@@ -106,7 +90,7 @@ def serve(c, n):
 #[tokio::test]
 async fn connections_are_reused_and_one_broken_mid_response_ends_only_that_response() {
     let dir = tempdir();
-    let s = python_instances(dir.path(), &instance(CUTTING), &[]);
+    let s = python_instances(dir.path(), &python_socket_instance(CUTTING), &[]);
     let c = s.create(json!({"user_id": "alice"})).await;
     let get = |rest: &str| {
         s.request(Method::GET, &format!("/instances/{}/{rest}", c.id))
@@ -204,7 +188,7 @@ async fn an_upload_the_instance_answered_early_does_not_hold_the_next_request() 
     // Long enough that a request waiting for the stalled upload fails the test, not this.
     let s = python_instances(
         dir.path(),
-        &instance(EARLY),
+        &python_socket_instance(EARLY),
         &["--upstream-response-timeout", "30s"],
     );
     let c = s.create(json!({"user_id": "alice"})).await;

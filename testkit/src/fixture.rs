@@ -30,6 +30,24 @@ pub fn unsandboxed(cmd: &str) -> Vec<&str> {
     ]
 }
 
+/// A Python instance script that accepts connections on the port given as its first argument
+/// and calls `serve(c, n)`, which `serve` defines (with its imports of `socket`, `sys` and
+/// `threading`, and `count = 0`), on a thread for each accepted connection `c`, the `n`th:
+/// an instance that speaks raw HTTP/1.1 however a test needs it to.
+pub fn python_socket_instance(serve: &str) -> String {
+    format!(
+        "{serve}s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    count += 1
+    threading.Thread(target=serve, args=(c, count), daemon=True).start()
+"
+    )
+}
+
 /// A server, in `dir`, whose instances run the Python `script` (given the port to listen on as
 /// its argument) unsandboxed, with `args` added: an instance that misbehaves in a chosen way.
 pub fn python_instances(dir: &Path, script: &str, args: &[&str]) -> Server {

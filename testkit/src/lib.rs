@@ -39,7 +39,8 @@ pub mod vscode_cli;
 pub use bins::{kubelet, product, upstream};
 pub use client::{body_json, body_text, Created};
 pub use fixture::{
-    python_instances, starts, tempdir, unsandboxed, upstream_command, wait_until, Fixture,
+    python_instances, python_socket_instance, starts, tempdir, unsandboxed, upstream_command,
+    wait_until, Fixture,
 };
 pub use metrics::{Scrape, PHASES};
 pub use process::{log_tail, pid_alive, stop_child};
