@@ -2,6 +2,7 @@
 //! set, our cookie stripped.
 
 use crate::http::client_addr::ClientAddr;
+use crate::upstream::Replace;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
@@ -116,9 +117,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
-
-/// A header the proxy sets (or, with `None`, removes) on the request the instance sees.
-pub type Replace = (HeaderName, Option<HeaderValue>);
 
 /// Applies `set` to `h`, for a request that goes on as a header map (a WebSocket handshake).
 pub fn replace(h: &mut HeaderMap, set: impl IntoIterator<Item = Replace>) {

@@ -56,11 +56,15 @@ pub struct UpstreamClient {
 
 /// What a proxied request becomes on its way to the instance, written as its head is: the
 /// path in pieces (the query follows from the request's URI), and headers that replace any of
-/// the request's own of the same name (`None`: removed).
+/// the request's own of the same name.
 pub struct Outgoing<'a> {
     pub path: [&'a str; 3],
-    pub set: &'a [(HeaderName, Option<HeaderValue>)],
+    pub set: &'a [Replace],
 }
+
+/// A header set on a request on its way to the instance in place of the client's own of that
+/// name (`None`: removed).
+pub type Replace = (HeaderName, Option<HeaderValue>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
